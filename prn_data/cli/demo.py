@@ -1,0 +1,5 @@
+"""CLI commands: demo (filled in by its issue)."""
+
+from __future__ import annotations
+
+from .app import app  # noqa: F401

@@ -1,0 +1,116 @@
+"""COCO panoptic PNG encoding (id = R + 256·G + 256²·B, 0 = VOID) and segment statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetError
+from .records import VOID, CategorySet, Segment
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3) uint8`` → ``(H, W) int32`` COCO panoptic ids."""
+    rgb = rgb.astype(np.int32, copy=False)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """``(H, W)`` non-negative ids → ``(H, W, 3) uint8`` RGB."""
+    ids = ids.astype(np.int64, copy=False)
+    return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
+
+
+def read_rgb_ids(path: str | Path) -> np.ndarray:
+    """Read a COCO panoptic PNG → ``(H, W) int32`` raw file ids (0 = VOID). Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "panoptic PNG is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for truncated / non-image files
+        raise DatasetError(path, f"unreadable panoptic PNG ({exc})") from None
+    return rgb2id(arr)
+
+
+def write_rgb_ids(path: str | Path, ids: np.ndarray) -> None:
+    """Write ``(H, W)`` ids (0 = VOID, any negative written as 0) as a COCO panoptic PNG."""
+    Image.fromarray(id2rgb(np.where(ids < 0, 0, ids))).save(path)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an RGB image → ``(H, W, 3) uint8``; missing / truncated / unreadable files name the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "image is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise DatasetError(path, f"unreadable or truncated image ({exc})") from None
+
+
+def segment_stats(panoptic: np.ndarray, ids: Sequence[int] | None = None) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
+    """Area and COCO bbox ``[x, y, w, h]`` of every id in ``panoptic`` (VOID excluded), in one pass.
+
+    Returns ``{id: (area, bbox)}``; ids listed in ``ids`` but absent get area 0 and bbox (0, 0, 0, 0).
+    """
+    from scipy import ndimage
+
+    flat = panoptic.ravel()
+    uniq, inv = np.unique(flat, return_inverse=True)
+    areas = np.bincount(inv, minlength=len(uniq))
+    labels = (inv + 1).reshape(panoptic.shape)
+    boxes = ndimage.find_objects(labels.astype(np.int32))
+    out: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
+    for idx, seg_id in enumerate(uniq.tolist()):
+        if seg_id == VOID:
+            continue
+        sl = boxes[idx]
+        y0, y1 = sl[0].start, sl[0].stop
+        x0, x1 = sl[1].start, sl[1].stop
+        out[seg_id] = (int(areas[idx]), (x0, y0, x1 - x0, y1 - y0))
+    for seg_id in ids or ():
+        out.setdefault(int(seg_id), (0, (0, 0, 0, 0)))
+    return out
+
+
+def refresh_segments(panoptic: np.ndarray, segments: Sequence[Segment]) -> list[Segment]:
+    """Recompute ``area`` and ``bbox`` of ``segments`` from ``panoptic`` and drop the ones that vanished
+    (e.g. after resizing). Order is kept."""
+    stats = segment_stats(panoptic)
+    out = []
+    for s in segments:
+        if s.id in stats:
+            area, bbox = stats[s.id]
+            out.append(Segment(s.id, s.category_id, s.train_id, s.isthing, s.iscrowd, area, bbox, s.score))
+    return out
+
+
+def semantic_from_panoptic(panoptic: np.ndarray, segments: Sequence[Segment]) -> np.ndarray:
+    """``(H, W) uint8`` train ids from a panoptic map and its segments; VOID and unlisted ids → 255."""
+    from .records import IGNORE_LABEL
+
+    uniq, inv = np.unique(panoptic, return_inverse=True)
+    train = {s.id: s.train_id for s in segments}
+    lut = np.array([train.get(int(u), IGNORE_LABEL) for u in uniq], dtype=np.uint8)
+    return lut[inv].reshape(panoptic.shape)
+
+
+__all__ = [
+    "rgb2id",
+    "id2rgb",
+    "read_rgb_ids",
+    "write_rgb_ids",
+    "read_image",
+    "segment_stats",
+    "refresh_segments",
+    "semantic_from_panoptic",
+    "CategorySet",
+]
