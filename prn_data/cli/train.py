@@ -1,5 +1,59 @@
-"""CLI commands: train (filled in by its issue)."""
+"""CLI command ``prn train``: train PRN on a precomputed store (paper §4.2), on the CPU, one GPU, or several
+under ``torchrun --nproc_per_node=K $(which prn) train ...``."""
 
 from __future__ import annotations
 
-from .app import app  # noqa: F401
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, console
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training configuration (YAML), e.g. workflows/demo.yaml."),
+    store: Optional[str] = typer.Option(None, "--store", help="Training store: folder, .zip or URL."),
+    val_store: Optional[str] = typer.Option(None, "--val-store", help="Validation store (periodic PQ / loss)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (config, checkpoints, metrics.jsonl)."),
+    iters: Optional[int] = typer.Option(None, "--iters", min=0, help="Total iterations (cosine schedule length)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the run folder."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch (split over torchrun processes)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, sampling and augmentation."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+) -> None:
+    """Train PRN on STORE as CONFIG says; every option overrides the config file."""
+    from prn_model.config import load_config, override
+    from prn_model.train import train as run_training
+
+    cfg = load_config(config)
+    cfg = override(
+        cfg,
+        **{
+            "data.store": store,
+            "data.val_store": val_store,
+            "out": None if out is None else str(out),
+            "iters": iters,
+            "device": device,
+            "data.batch_size": batch_size,
+            "data.num_workers": workers,
+            "optim.lr": lr,
+            "seed": seed,
+            "compile": compile,
+        },
+    )
+    if cfg.out is None:
+        cfg = override(cfg, out=str(Path("cache") / "runs" / config.stem))
+    summary = run_training(cfg, resume=resume)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
+    last = summary["last_metrics"]
+    if last:
+        console.print(f"step {summary['step']}: loss {last['loss']:.4g}; run folder {summary['out']}")
+    else:
+        console.print(f"nothing to do: the run in {summary['out']} is already at step {summary['step']}")

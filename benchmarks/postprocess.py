@@ -1,0 +1,137 @@
+"""PPGBF + merge time per 640×800 image against Panoptic-DeepLab-style grouping, in one process.
+
+A synthetic scene of N instances (random ellipses of 2 thing classes over 3 stuff classes) gives ideal
+head outputs through :func:`prn_data.targets.compute_targets`; light noise is added to the offsets so the
+box gate and the fallback search do real work. Timed on the same tensors:
+
+- ``ppgbf+merge``: :func:`prn_model.merge.postprocess` (what ``prn evaluate`` runs);
+- ``pdl+merge``: the same with ``grouping="panoptic_deeplab"``;
+- ``pdl-reference grouping``: grouping as Panoptic-DeepLab's reference code does it, one ``K × HW``
+  distance tensor over all pixels followed by an argmin (grouping only, no merge).
+
+Usage: ``python benchmarks/postprocess.py [--centers 100] [--classes 133] [--device cpu|cuda]
+[--threads 1] [--repeat 10]``. Prints ms per image and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def synthetic_outputs(h: int, w: int, n: int, num_classes: int, seed: int = 0):
+    """Ideal PRN outputs (with noisy offsets) of a random scene: returns ``(outputs, categories)``."""
+    from prn_data.records import Category, CategorySet, Segment
+    from prn_data.targets import compute_targets
+
+    rng = np.random.default_rng(seed)
+    cats = CategorySet([Category(i + 1, f"c{i}", i < num_classes // 2, i) for i in range(num_classes)])
+    things = [c for c in cats if c.isthing]
+    stuff = [c for c in cats if not c.isthing]
+    pan = np.full((h, w), stuff[0].id * 1000, np.int32)
+    pan[: h // 3] = stuff[1].id * 1000
+    pan[h // 3 : h // 2, : w // 2] = stuff[2].id * 1000
+    segs = {stuff[i].id * 1000: Segment(stuff[i].id * 1000, stuff[i].id, stuff[i].train_id, False) for i in range(3)}
+    yy, xx = np.mgrid[0:h, 0:w]
+    k = 0
+    while k < n:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(10, 45), rng.uniform(10, 45)
+        m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        if m.sum() < 200:
+            continue
+        c = things[k % len(things)]
+        sid = c.id * 1000 + k + 1
+        pan[m] = sid
+        segs[sid] = Segment(sid, c.id, c.train_id, True)
+        k += 1
+    present = set(np.unique(pan).tolist())
+    t = compute_targets(pan, [s for i, s in segs.items() if i in present])
+    sem = t["semantic"][::4, ::4].astype(np.int64)
+    logits = rng.normal(0, 0.5, (num_classes,) + sem.shape).astype(np.float32)
+    np.put_along_axis(logits, sem[None], 4.0, axis=0)
+    noise = rng.normal(0, 1.0, (6, h, w)).astype(np.float32)
+    outputs = {
+        "semantic": torch.from_numpy(logits)[None],
+        "center": torch.from_numpy(t["center"])[None],
+        "center_offset": torch.from_numpy(t["center_offset"] + noise[:2])[None],
+        "box_offset": torch.from_numpy(np.abs(t["box_offset"] + noise[2:]))[None],
+        "foreground": torch.from_numpy(t["foreground"].astype(np.float32) * 8 - 4)[None, None],
+    }
+    return outputs, cats
+
+
+def reference_grouping(center: torch.Tensor, offsets: torch.Tensor, thing: torch.Tensor, threshold=0.2, kernel=7, top_k=200):
+    """Panoptic-DeepLab's reference grouping: max-pool NMS, then ``(K, H·W)`` distances over every pixel."""
+    import torch.nn.functional as F
+
+    heat = center[0, 0]
+    pooled = F.max_pool2d(center, kernel, 1, kernel // 2)[0, 0]
+    heat = torch.where(heat == pooled, heat, torch.full_like(heat, -1))
+    heat = torch.where(heat > threshold, heat, torch.full_like(heat, -1))
+    yx = torch.nonzero(heat > 0)
+    if yx.shape[0] > top_k:
+        kth = torch.topk(heat.flatten(), top_k).values[-1]
+        yx = torch.nonzero(heat > kth)
+    H, W = heat.shape
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    loc = torch.stack([ys, xs]).reshape(2, -1) + offsets[0].reshape(2, -1)
+    dist = torch.norm(yx.float()[:, :, None] - loc[None], dim=1)
+    ids = dist.argmin(0).reshape(H, W) + 1
+    return ids * thing
+
+
+def timed(fn, repeat: int, sync) -> float:
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / repeat * 1000
+
+
+def main() -> None:
+    from prn_model.merge import postprocess
+    from prn_model.ppgbf import PostProcessConfig
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--centers", type=int, default=100)
+    ap.add_argument("--classes", type=int, default=133)
+    ap.add_argument("--size", type=int, nargs=2, default=(640, 800))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    outputs, cats = synthetic_outputs(*args.size, args.centers, args.classes)
+    outputs = {k: v.to(dev) for k, v in outputs.items()}
+    thing_map = torch.zeros_like(outputs["center"][0, 0], dtype=torch.long)
+    thing_map[outputs["foreground"][0, 0] > 0] = 1
+
+    rows = []
+    for up in ("bilinear", "nearest"):
+        cfg = PostProcessConfig(stuff_area=2048, semantic_upsample=up)
+        (pan, segs), = postprocess(outputs, cats, cfg)
+        n_inst = sum(s.isthing for s in segs)
+        ms = timed(lambda: postprocess(outputs, cats, cfg), args.repeat, sync)
+        rows.append((f"ppgbf+merge ({up} semantic)", ms, n_inst))
+        cfg = PostProcessConfig(stuff_area=2048, semantic_upsample=up, grouping="panoptic_deeplab")
+        (pan, segs), = postprocess(outputs, cats, cfg)
+        ms = timed(lambda: postprocess(outputs, cats, cfg), args.repeat, sync)
+        rows.append((f"pdl+merge ({up} semantic)", ms, sum(s.isthing for s in segs)))
+    ms_ref = timed(lambda: reference_grouping(outputs["center"], outputs["center_offset"], thing_map), max(1, args.repeat // 2), sync)
+    rows.append(("pdl-reference grouping (K x HW)", ms_ref, args.centers))
+
+    print(f"device={dev} threads={torch.get_num_threads()} size={tuple(args.size)} centers={args.centers} classes={args.classes}")
+    for name, ms, n in rows:
+        print(f"{name:36s} {ms:8.1f} ms/image  instances={n:4d}  reference/this = {ms_ref / ms:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""The parallel, resumable build of a prn store with Dask (DESIGN §1.1, §5; issue 3).
+
+Plan (driver): open the dataset; the canvas is the largest resized ``(h, w)`` over its samples (from
+``orig_size``, no pixel decode), each side rounded up to a multiple of 32 so PRN takes it directly; create
+the store (or reopen it to resume); submit **one Dask task per shard** that still has samples not done.
+
+A shard task (worker) loads each pending sample, resizes it (:func:`prn_data.resize.resize_sample`; paper
+§4.2), computes the targets at the stored size (:func:`prn_data.targets.compute_targets`; §3.2, §3.4) and
+the base network's inputs (:func:`prn_data.base.encode.encode_base`; §3.2), compresses every chunk, and
+writes each map array's shard whole in one ``set`` (samples already done keep their bytes; zarr-python 3
+loses data on concurrent partial-shard writes, so a shard has exactly one writer). A sample that raises is
+reported ``(index, file, error)`` and left empty. The task returns the small per-sample values.
+
+The driver then writes those (size, ids, segments, checksum) and sets ``done`` last, so an interrupted
+build never leaves a sample ``done`` while incomplete and a rerun resumes where it stopped. Metadata is
+consolidated once at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import DatasetError, PrnError, StoreError
+from .resize import ResizePolicy
+from .store import DEFAULT_SHARD_SIZE, Store, create_store, encode_sample, open_store
+
+CANVAS_MULTIPLE = 32
+PROGRESS_QUEUE = "prn-build-progress"
+
+
+@dataclass
+class BuildConfig:
+    """What ``prn build`` builds. ``scheduler``: ``None`` (a local cluster of ``workers`` processes),
+    ``"threads"`` (one in-process worker with ``workers`` threads) or a dask.distributed address."""
+
+    dataset: str
+    split: str
+    base: str = "none"
+    out: str | None = None
+    limit: int | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    shard_size: int | None = None
+    overwrite: bool = False
+    policy: ResizePolicy = field(default_factory=ResizePolicy)
+    params: Any = None  # prn_data.targets.TargetParams; default built lazily
+    image_codec: str = "zstd"
+
+
+@dataclass
+class BuildResult:
+    """Outcome of a build: the store's URL, counts and the samples that failed."""
+
+    store: str
+    n_samples: int
+    built: int
+    skipped: int
+    failures: list[dict]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def sanitize(text: str) -> str:
+    """A file-name-safe form of a dataset or base spec (``files:/a/b`` → ``files-a-b``)."""
+    s = re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-.")
+    return s[:80] or "x"
+
+
+def default_out(dataset_name: str, split: str, base: str) -> str:
+    """``cache/<dataset>-<split>-<base>.zarr`` with the base spec sanitised into a file name."""
+    return str(Path("cache") / f"{sanitize(dataset_name)}-{sanitize(split)}-{sanitize(base)}.zarr")
+
+
+def plan_canvas(dataset, n: int, policy: ResizePolicy) -> tuple[int, int]:
+    """Largest resized ``(h, w)`` over the first ``n`` samples, each rounded up to a multiple of 32."""
+    H = W = 1
+    for i in range(n):
+        h, w = policy.output_size(*dataset.orig_size(i))
+        H, W = max(H, h), max(W, w)
+    up = lambda v: -(-v // CANVAS_MULTIPLE) * CANVAS_MULTIPLE  # noqa: E731
+    return up(H), up(W)
+
+
+def git_revision() -> str | None:
+    """The package checkout's HEAD commit, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _store_attrs(cfg: BuildConfig, dataset, params) -> dict:
+    from . import __version__
+
+    return {
+        "dataset": dataset.describe(),
+        "dataset_name": dataset.name,
+        "split": cfg.split,
+        "label_divisor": int(params.label_divisor),
+        "resize_policy": cfg.policy.to_json(),
+        "target_params": params.to_json(),
+        "base": cfg.base,
+        "package_version": __version__,
+        "git_revision": git_revision(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _check_resume(store: Store, cfg: BuildConfig, dataset, n: int, canvas, params) -> None:
+    """A store being resumed must describe the same build; otherwise say what differs."""
+    a = store.attrs
+    want = {
+        "dataset": dataset.describe(),
+        "split": cfg.split,
+        "base": cfg.base,
+        "resize_policy": cfg.policy.to_json(),
+        "target_params": params.to_json(),
+        "n_samples": n,
+        "canvas": list(canvas),
+        "image_codec": cfg.image_codec,
+    }
+    if cfg.shard_size is not None:
+        want["shard_size"] = cfg.shard_size
+    diff = [k for k, v in want.items() if _jsonish(a.get(k)) != _jsonish(v)]
+    if diff:
+        raise StoreError(f"{store.url}: exists but was built with other settings ({', '.join(diff)}); "
+                         "use --overwrite to rebuild it or --out for another store")
+
+
+def _jsonish(v):
+    import json
+
+    return json.loads(json.dumps(v))
+
+
+# --------------------------------------------------------------------------------------------- worker side
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One Dask task: compute the pending samples of one shard and write the shard whole."""
+
+    store: str
+    shard: int
+    todo: tuple[int, ...]
+    keep: tuple[int, ...]
+    dataset: dict  # Dataset.describe()
+    base: str
+    policy: ResizePolicy
+    params: Any
+    progress_queue: str | None = None
+    token: str = ""  # one per build run: worker caches never outlive the run that filled them
+
+
+_CACHE: dict = {}
+
+
+def _cached(token: str, key, make):
+    if _CACHE.get("token") != token:
+        _CACHE.clear()
+        _CACHE["token"] = token
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def bound_zarr_concurrency(threads: int = 1) -> None:
+    """Keep zarr's async concurrency and thread pool small: Dask already runs one task per core, and
+    zarr's defaults (10 async operations, an unbounded pool) oversubscribe small machines (DESIGN §8)."""
+    import zarr
+
+    zarr.config.set({"async.concurrency": 4, "threading.max_workers": max(1, threads)})
+    try:
+        from numcodecs import blosc
+
+        blosc.use_threads = False  # Blosc's global pool is unsafe after fork (numcodecs #41)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def make_sample(dataset, base, index: int, policy: ResizePolicy, params, num_classes: int) -> tuple[dict, dict]:
+    """``(maps, meta)`` of sample ``index``: resized image, targets and base inputs under their store paths,
+    and the small per-sample values. Pure computation; errors propagate."""
+    import json
+
+    from .resize import resize_sample
+    from .targets import compute_targets
+
+    raw = dataset.load(index)
+    s = resize_sample(raw, policy)
+    t = compute_targets(s.panoptic, s.segments, params, source=s.file_name)
+    maps = {"image": s.image} | {f"gt/{k}": v for k, v in t.items()}
+    meta = {
+        "size": list(s.size),
+        "orig_size": [int(v) for v in s.orig_size],
+        "image_id": str(s.image_id),
+        "file_name": str(s.file_name),
+        "gt/segments": json.dumps([seg.to_json() for seg in s.segments]),
+    }
+    if base is not None:
+        from .base.encode import encode_base
+
+        pred = base.predict([raw])[0]
+        b = encode_base(pred, s.size, num_classes, params)
+        maps |= {"base/instance": b["instance"], "base/semantic": b["semantic"], "base/panoptic": b["panoptic"]}
+        meta["base/segments"] = json.dumps(b["segments"])
+    return maps, meta
+
+
+def _failure(dataset, index: int, exc: BaseException) -> dict:
+    if isinstance(exc, DatasetError) and exc.path:
+        file, problem = exc.path, exc.problem
+    else:
+        try:
+            file = dataset.keys()[index]
+        except Exception:
+            file = f"sample {index}"
+        problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PrnError) else str(exc)
+    return {"index": int(index), "file": str(file), "error": problem}
+
+
+def run_shard(job: ShardJob, notify: Callable[[int], None] | None = None) -> dict:
+    """The Dask task: returns ``{"shard", "indices", "meta", "failures"}`` after the shard is written."""
+    from .base import open_base
+    from .datasets import open_described
+
+    bound_zarr_concurrency()
+    if notify is None and job.progress_queue:
+        notify = _queue_notifier(job.progress_queue)
+    dataset = _cached(job.token, "dataset", lambda: open_described(job.dataset))
+    base = _cached(job.token, "base", lambda: open_base(job.base, dataset.categories))
+    store = _cached(job.token, "store", lambda: open_store(job.store, mode="r+"))
+    defs = list(store.defs.values())
+    chunks: dict[int, dict] = {}
+    metas, indices, failures = [], [], []
+    for i in job.todo:
+        try:
+            maps, meta = make_sample(dataset, base, i, job.policy, job.params, len(dataset.categories))
+            chunks[i], meta = encode_sample(defs, maps, meta)
+        except Exception as exc:  # any failure of one sample is reported; the others go on
+            failures.append(_failure(dataset, i, exc))
+        else:
+            indices.append(i)
+            metas.append(meta)
+        if notify is not None:
+            notify(1)
+    if chunks or job.keep:
+        store.write_shard(job.shard, chunks, keep=job.keep)
+    return {"shard": job.shard, "indices": indices, "meta": metas, "failures": failures}
+
+
+def _queue_notifier(name: str) -> Callable[[int], None]:
+    from distributed import Queue
+
+    q = Queue(name)
+    return lambda k: q.put(k)
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+def _client(scheduler: str | None, workers: int):
+    """A dask.distributed client: a local process cluster, an in-process thread pool, or an address."""
+    from distributed import Client, LocalCluster
+
+    if scheduler in (None, "", "local", "processes"):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=":0", silence_logs=40)
+        return Client(cluster), cluster
+    if scheduler == "threads":
+        cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0",
+                               silence_logs=40)
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout=30), None
+    except Exception as exc:
+        raise PrnError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+
+
+def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None = None) -> BuildResult:
+    """Build (or resume) the store described by ``cfg``.
+
+    ``on_progress(done, total, advance)`` is called as samples finish (``total`` = samples to make in this
+    run). Returns a :class:`BuildResult`; failed samples are listed, never raised, and recorded in the
+    store's ``failures`` attribute.
+    """
+    from .base import open_base
+    from .datasets import open_dataset
+    from .targets import TargetParams
+
+    t0 = time.perf_counter()
+    params = cfg.params or TargetParams()
+    dataset = open_dataset(cfg.dataset, cfg.split)
+    open_base(cfg.base, dataset.categories)  # bad base specs fail before any work
+    n = len(dataset) if cfg.limit is None else min(len(dataset), max(0, int(cfg.limit)))
+    if n == 0:
+        raise PrnError(f"dataset {cfg.dataset} split {cfg.split} has no samples to build")
+    out = cfg.out or default_out(dataset.name, cfg.split, cfg.base)
+    canvas = plan_canvas(dataset, n, cfg.policy)
+
+    existing = None
+    if not cfg.overwrite:
+        try:
+            existing = open_store(out, mode="r+")
+        except StoreError:
+            if _store_exists(out):
+                raise
+    if existing is not None:
+        _check_resume(existing, cfg, dataset, n, canvas, params)
+        store = existing
+    else:
+        store = create_store(out, n=n, canvas=canvas, categories=dataset.categories,
+                             attrs=_store_attrs(cfg, dataset, params), has_base=cfg.base != "none",
+                             shard_size=cfg.shard_size or DEFAULT_SHARD_SIZE, image_codec=cfg.image_codec,
+                             small_weight=params.small_instance_weight, overwrite=cfg.overwrite)
+
+    done = store.done
+    S = store.shard_size
+    desc = dataset.describe()
+    jobs = []
+    for k in range(-(-n // S)):
+        idx = range(k * S, min(n, (k + 1) * S))
+        todo = tuple(i for i in idx if not done[i])
+        if todo:
+            jobs.append(ShardJob(out, k, todo, tuple(i for i in idx if done[i]), desc, cfg.base, cfg.policy, params))
+    total = sum(len(j.todo) for j in jobs)
+    skipped = n - total
+    failures: list[dict] = []
+    built = 0
+    if jobs:
+        built, failures = _run_jobs(store, jobs, cfg, total, on_progress)
+    # samples that failed in an earlier run and are still not done stay listed
+    done = store.done
+    prior = [f for f in store.failures if not done[f["index"]] and f["index"] not in {g["index"] for g in failures}]
+    failures = sorted(prior + failures, key=lambda f: f["index"])
+    store.set_attrs(failures=failures, complete=bool(done.all()))
+    store.consolidate()
+    return BuildResult(out, n, built, skipped, failures, time.perf_counter() - t0)
+
+
+def _store_exists(url: str) -> bool:
+    from .store import _is_local, _local_path
+
+    return _is_local(url) and _local_path(url).exists() and any(_local_path(url).iterdir())
+
+
+def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, total: int, on_progress) -> tuple[int, list]:
+    import threading
+
+    from distributed import Queue, as_completed
+
+    workers = cfg.workers or os.cpu_count() or 1
+    client, cluster = _client(cfg.scheduler, workers)
+    built, failures, finished = 0, [], 0
+    stop = threading.Event()
+    try:
+        qname = f"{PROGRESS_QUEUE}-{os.getpid()}-{time.time_ns()}"
+        queue = Queue(qname, client=client)
+        jobs = [ShardJob(**{**j.__dict__, "progress_queue": qname, "token": qname}) for j in jobs]
+        lock = threading.Lock()
+        seen = [0]
+
+        def pump():  # per-sample progress from the workers; the driver's None ends it
+            while not stop.is_set():
+                try:
+                    k = queue.get()
+                except Exception:
+                    return
+                if k is None:
+                    return
+                with lock:
+                    seen[0] += k
+                    if on_progress:
+                        on_progress(seen[0], total, k)
+
+        th = threading.Thread(target=pump, daemon=True)
+        th.start()
+        futures = [client.submit(run_shard, j, key=f"prn-shard-{j.shard}-{time.time_ns()}", pure=False)
+                   for j in jobs]
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # the task itself died (e.g. a write error): its samples failed
+                job = jobs[futures.index(fut)]
+                res = {"indices": [], "meta": [], "failures": [
+                    {"index": i, "file": f"shard {job.shard}", "error": f"{type(exc).__name__}: {exc}"}
+                    for i in job.todo]}
+            store.write_meta(res["indices"], res["meta"])  # done set last, by this process only
+            built += len(res["indices"])
+            failures += res["failures"]
+            finished += len(res["indices"]) + len(res["failures"])
+        queue.put(None)
+        th.join(timeout=5)
+        with lock:
+            if on_progress and seen[0] < finished:
+                on_progress(finished, total, finished - seen[0])
+    finally:
+        stop.set()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return built, failures
+
+
+__all__ = ["BuildConfig", "BuildResult", "build", "run_shard", "make_sample", "plan_canvas", "default_out",
+           "sanitize", "ShardJob"]

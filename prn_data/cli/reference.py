@@ -1,0 +1,90 @@
+"""A Markdown reference of every ``prn`` command, generated from the Typer app itself.
+
+The README embeds it between ``<!-- cli-reference:start -->`` and ``<!-- cli-reference:end -->``; a test
+regenerates it and compares, so the README cannot drift from the code. Regenerate with
+``python -m prn_data.cli.reference --write README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import click
+import typer
+
+START = "<!-- cli-reference:start -->"
+END = "<!-- cli-reference:end -->"
+
+
+def _walk(cmd: click.Command, path: list[str]):
+    if isinstance(cmd, click.Group):
+        for name in sorted(cmd.commands):
+            yield from _walk(cmd.commands[name], path + [name])
+    else:
+        yield path, cmd
+
+
+def _param_row(p: click.Parameter) -> str:
+    if isinstance(p, click.Argument):
+        name = f"`{p.human_readable_name}`"
+        kind = "argument" + ("" if p.required else " (optional)")
+        help_ = ""
+    else:
+        assert isinstance(p, click.Option)
+        names = ", ".join(p.opts + p.secondary_opts)
+        name = f"`{names}`"
+        kind = "flag" if p.is_flag else p.type.name
+        help_ = (p.help or "").replace("|", "\\|").replace("\n", " ")
+        if p.required:
+            kind += ", required"
+        elif not p.is_flag and p.default not in (None, (), [], ""):
+            kind += f", default `{p.default}`"
+    return f"| {name} | {kind} | {help_} |"
+
+
+def cli_reference() -> str:
+    """The Markdown reference: one section per command with its summary, usage and parameters."""
+    from . import app
+
+    root = typer.main.get_command(app)
+    out: list[str] = []
+    for path, cmd in _walk(root, []):
+        title = " ".join(["prn", *path])
+        out.append(f"#### `{title}`")
+        out.append("")
+        doc = (cmd.help or "").strip().split("\n\n")[0].replace("\n", " ")
+        if doc:
+            out.append(doc)
+            out.append("")
+        params = [p for p in cmd.params if p.name != "help"]
+        if params:
+            out.append("| parameter | kind | meaning |")
+            out.append("| --- | --- | --- |")
+            out.extend(_param_row(p) for p in params)
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def embed(readme: str, reference: str) -> str:
+    """Replace the block between the markers in ``readme`` with ``reference``."""
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(readme):
+        raise ValueError("README has no cli-reference markers")
+    return pattern.sub(lambda _: f"{START}\n{reference}{END}", readme)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write", type=Path, help="README to update in place; without it, print the reference")
+    args = ap.parse_args()
+    ref = cli_reference()
+    if args.write:
+        args.write.write_text(embed(args.write.read_text(), ref))
+    else:
+        print(ref, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""One picture of a stored sample in the spirit of the paper's Fig. 4 (inputs and targets of PRN, §3.2–3.4).
+
+Pure NumPy colouring functions (:func:`flow_to_rgb`, :func:`colorize_ids`, :func:`colorize_semantic`) and a
+matplotlib (Agg, no pyplot) figure drawn from a sample dict as :meth:`prn_data.store.Store.read_sample`
+returns it. The figure is a fixed grid of square panels, so its pixel size is known in advance:
+``(GRID_COLS * PANEL_INCHES * dpi, GRID_ROWS * PANEL_INCHES * dpi)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .records import IGNORE_LABEL, VOID, CategorySet
+
+GRID_ROWS = 5
+GRID_COLS = 4
+PANEL_INCHES = 3.0
+DEFAULT_DPI = 80
+
+BOX_CHANNELS = ("top", "bottom", "left", "right")
+LEGEND_MAX = 24
+
+
+# ---------------------------------------------------------------------------------------------- colours
+def flow_to_rgb(offset: np.ndarray, max_norm: float | None = None) -> np.ndarray:
+    """Colour a 2-channel offset field with a flow colour wheel.
+
+    ``offset``: ``(2, H, W)`` float (dy, dx) in pixels. Direction sets the hue (hue 0 = red = +x, hue
+    increases clockwise on screen: +y (down) is hue 1/4, yellow-green), length over ``max_norm`` sets the
+    saturation (0 = white), value is always 1. ``max_norm`` defaults to the field's largest length.
+    Returns ``(H, W, 3) uint8``.
+    """
+    from matplotlib.colors import hsv_to_rgb
+
+    offset = np.asarray(offset, dtype=np.float64)
+    if offset.ndim != 3 or offset.shape[0] != 2:
+        raise ValueError(f"offset must be (2, H, W), got {offset.shape}")
+    dy, dx = offset[0], offset[1]
+    norm = np.hypot(dy, dx)
+    if max_norm is None:
+        max_norm = float(norm.max()) if norm.size else 0.0
+    hue = np.mod(np.arctan2(dy, dx) / (2 * np.pi), 1.0)
+    sat = np.clip(norm / max_norm, 0.0, 1.0) if max_norm > 0 else np.zeros_like(norm)
+    hsv = np.stack([hue, sat, np.ones_like(norm)], axis=-1)
+    return np.round(hsv_to_rgb(hsv) * 255).astype(np.uint8)
+
+
+def flow_wheel(size: int = 101) -> np.ndarray:
+    """``(size, size, 3) uint8`` key of :func:`flow_to_rgb`: the offset from the centre, unit length at the
+    inscribed circle; outside it saturates."""
+    r = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    return flow_to_rgb(np.stack([yy - r, xx - r]), max_norm=r)
+
+
+def id_colors(ids: np.ndarray) -> np.ndarray:
+    """Deterministic, well-spread ``(K, 3) uint8`` colours for integer ids (golden-ratio hues)."""
+    from matplotlib.colors import hsv_to_rgb
+
+    ids = np.asarray(ids, dtype=np.int64)
+    # Multiplicative hashing spreads consecutive instance counters (k, k+1) to distant hues.
+    h = (ids * 2654435761) % (2**32)
+    hue = np.mod(h * 0.6180339887498949 / 2**10, 1.0)
+    sat = 0.55 + 0.45 * ((h >> 7) % 5) / 4
+    val = 0.65 + 0.35 * ((h >> 11) % 3) / 2
+    return np.round(hsv_to_rgb(np.stack([hue, sat, val], axis=-1)) * 255).astype(np.uint8)
+
+
+def colorize_ids(panoptic: np.ndarray) -> np.ndarray:
+    """``(H, W) int`` panoptic ids → ``(H, W, 3) uint8``, one colour per segment (by instance, not class,
+    as in the paper's figures); VOID (−1) is black."""
+    uniq, inv = np.unique(panoptic, return_inverse=True)
+    lut = id_colors(uniq)
+    lut[uniq == VOID] = 0
+    return lut[inv.reshape(panoptic.shape)]
+
+
+def category_palette(categories: CategorySet | None, n: int) -> np.ndarray:
+    """``(256, 3) uint8`` train id → colour: the dataset's category colours where they are set (not all
+    black), else a tab20-like fallback; 255 (ignore) is black."""
+    import matplotlib
+
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    cmap = matplotlib.colormaps["tab20"]
+    for t in range(min(n, 255)):
+        pal[t] = np.round(np.asarray(cmap(t % 20)[:3]) * 255)
+    if categories is not None:
+        for c in categories:
+            if any(c.color) and c.train_id < 255:
+                pal[c.train_id] = c.color
+    pal[IGNORE_LABEL] = 0
+    return pal
+
+
+def colorize_semantic(semantic: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """``(H, W) uint8`` train ids → ``(H, W, 3) uint8`` through ``palette (256, 3)``."""
+    return palette[np.asarray(semantic, dtype=np.uint8)]
+
+
+def base_semantic_labels(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Base semantic probabilities ``(N_cl, ⌈h/4⌉, ⌈w/4⌉)`` → ``(h, w) uint8`` arg-max train ids at full
+    resolution (each 1/4-resolution cell covers 4×4 pixels). Cells with no class clearly ahead (largest
+    probability below 2/N_cl, e.g. a uniform distribution on VOID) → 255, so noise is not drawn as labels."""
+    h, w = size
+    lab = np.argmax(probs, axis=0).astype(np.uint8)
+    lab[probs.max(axis=0) < 2.0 / max(len(probs), 2)] = IGNORE_LABEL
+    return np.repeat(np.repeat(lab, 4, axis=0), 4, axis=1)[:h, :w]
+
+
+def heat_over_image(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """Blend ``heat (H, W)`` in [0, 1] (jet colours) over a dimmed grey ``image (H, W, 3) uint8``."""
+    import matplotlib
+
+    grey = image.astype(np.float32).mean(axis=-1, keepdims=True) / 255.0 * 0.6
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)[..., None]
+    jet = matplotlib.colormaps["jet"](heat[..., 0])[..., :3].astype(np.float32)
+    out = grey * (1 - heat) + jet * heat
+    return np.round(out * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- figure
+def _hw(x: np.ndarray) -> np.ndarray:
+    """Drop a leading channel axis of length 1: ``(1, H, W)`` or ``(H, W)`` → ``(H, W)``."""
+    x = np.asarray(x)
+    return x[0] if x.ndim == 3 and x.shape[0] == 1 else x
+
+
+def figure_size_px(dpi: int = DEFAULT_DPI) -> tuple[int, int]:
+    """``(width, height)`` in pixels of the PNG :func:`draw_sample` writes."""
+    return (round(GRID_COLS * PANEL_INCHES * dpi), round(GRID_ROWS * PANEL_INCHES * dpi))
+
+
+def panel_boxes(dpi: int = DEFAULT_DPI) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes ``(x0, y0, x1, y1)`` of the grid cells, row-major (the PNG is cut into these)."""
+    w, h = figure_size_px(dpi)
+    cw, ch = w / GRID_COLS, h / GRID_ROWS
+    return [
+        (round(c * cw), round(r * ch), round((c + 1) * cw), round((r + 1) * ch))
+        for r in range(GRID_ROWS)
+        for c in range(GRID_COLS)
+    ]
+
+
+def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[tuple[str, Any]]:
+    """The 20 panels, row-major: ``(title, content)`` with content an RGB image, a ``("map", array)``
+    scalar map, ``("legend", [(name, rgb)])`` or ``("text", str)``."""
+    image = np.asarray(sample["image"])
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"sample image must be (3, h, w), got {image.shape}")
+    img = np.moveaxis(image, 0, -1)
+    h, w = img.shape[:2]
+    n_cl = len(categories) if categories is not None else 256
+    pal = category_palette(categories, n_cl)
+    missing = ("text", "no base network\nin this store")
+
+    gt_sem = _hw(sample["gt/semantic"]) if "gt/semantic" in sample else None
+    base_sem = (
+        base_semantic_labels(np.asarray(sample["base/semantic"]), (h, w)) if "base/semantic" in sample else None
+    )
+    inst = np.asarray(sample["base/instance"]) if "base/instance" in sample else None
+
+    # Legend: classes covering at least 0.1 % of the image in either map, largest first, at most 24.
+    area = np.zeros(256, dtype=np.int64)
+    for lab in (gt_sem, base_sem):
+        if lab is not None:
+            area = np.maximum(area, np.bincount(lab.ravel(), minlength=256))
+    area[IGNORE_LABEL] = 0
+    present = [int(t) for t in np.argsort(-area, kind="stable") if area[t] > 0 and area[t] >= 1e-3 * h * w]
+    legend = []
+    for t in present[:LEGEND_MAX]:
+        name = categories[t].name if categories is not None and t < len(categories) else f"class {t}"
+        legend.append((name, pal[t]))
+    if len(present) > LEGEND_MAX:
+        legend.append((f"+{len(present) - LEGEND_MAX} more", np.array([255, 255, 255])))
+
+    panels: list[tuple[str, Any]] = [
+        ("image", img),
+        ("GT semantic", colorize_semantic(gt_sem, pal) if gt_sem is not None else ("text", "no GT")),
+        ("base semantic (arg-max, 1/4 res.)", colorize_semantic(base_sem, pal) if base_sem is not None else missing),
+        ("categories present", ("legend", legend)),
+        ("GT panoptic (by instance)", colorize_ids(_hw(sample["gt/panoptic"]))),
+        ("base panoptic (by instance)", colorize_ids(_hw(sample["base/panoptic"])) if "base/panoptic" in sample else missing),
+        ("GT center heatmap", heat_over_image(img, _hw(sample["gt/center"]))),
+        ("base center heatmap", heat_over_image(img, inst[0]) if inst is not None else missing),
+    ]
+    gt_off = np.asarray(sample["gt/center_offset"], dtype=np.float32)
+    base_off = inst[1:3] if inst is not None else None
+    # One scale for both offset panels, so equal colours mean equal offsets.
+    r = max(float(np.hypot(*gt_off).max()), float(np.hypot(*base_off).max()) if base_off is not None else 0.0)
+    panels += [
+        (f"GT center offsets (max {r:.0f} px)", flow_to_rgb(gt_off, r)),
+        ("base center offsets", flow_to_rgb(base_off, r) if base_off is not None else missing),
+        ("GT foreground", ("map", _hw(sample["gt/foreground"]).astype(np.float32))),
+        ("offset colour wheel", flow_wheel()),
+    ]
+    gt_box = np.asarray(sample["gt/box_offset"], dtype=np.float32)
+    panels += [(f"GT box offset: {n}", ("map", gt_box[k])) for k, n in enumerate(BOX_CHANNELS)]
+    if inst is not None:
+        panels += [(f"base box offset: {n}", ("map", inst[3 + k])) for k, n in enumerate(BOX_CHANNELS)]
+    else:
+        panels += [(f"base box offset: {n}", missing) for n in BOX_CHANNELS]
+    return panels
+
+
+def draw_sample(
+    sample: Mapping[str, Any],
+    out: str | Path,
+    categories: CategorySet | None = None,
+    title: str | None = None,
+    dpi: int = DEFAULT_DPI,
+) -> Path:
+    """Draw ``sample`` (keys as ``Store.read_sample`` returns them; ``base/*`` optional) into the PNG
+    ``out``, a 5×4 grid of panels of :data:`PANEL_INCHES` inches (see :func:`figure_size_px`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    panels = _panels(sample, categories)
+    fig = Figure(figsize=(GRID_COLS * PANEL_INCHES, GRID_ROWS * PANEL_INCHES), dpi=dpi)
+    FigureCanvasAgg(fig)
+    if title:
+        fig.text(0.5, 0.998, title, ha="center", va="top", fontsize=9)
+    cw, ch = 1.0 / GRID_COLS, 1.0 / GRID_ROWS
+    for k, (name, content) in enumerate(panels):
+        r, c = divmod(k, GRID_COLS)
+        # Leave a strip at the top of each cell for its title.
+        is_map = isinstance(content, tuple) and content[0] == "map"
+        # Map panels leave room on the right for their colour bar's tick labels.
+        width = cw - (0.045 if is_map else 0.008)
+        ax = fig.add_axes((c * cw + 0.004, 1 - (r + 1) * ch + 0.004, width, ch - 0.03))
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=8, pad=2)
+        if is_map:
+            im = ax.imshow(content[1], cmap="viridis", interpolation="nearest")
+            cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+            cb.ax.tick_params(labelsize=6)
+        elif isinstance(content, tuple) and content[0] == "legend":
+            handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="k", label=n) for n, rgb in content[1]]
+            if handles:
+                ax.legend(handles=handles, loc="center", fontsize=6, ncol=1 + (len(handles) - 1) // 13, frameon=False)
+            else:
+                ax.text(0.5, 0.5, "no labelled pixels", ha="center", va="center", fontsize=8)
+        elif isinstance(content, tuple) and content[0] == "text":
+            ax.text(0.5, 0.5, content[1], ha="center", va="center", fontsize=8, color="0.4")
+        else:
+            ax.imshow(content, interpolation="nearest")
+    out = Path(out)
+    fig.savefig(out, dpi=dpi, format="png")
+    return out
+
+
+__all__: Sequence[str] = [
+    "flow_to_rgb",
+    "flow_wheel",
+    "id_colors",
+    "colorize_ids",
+    "category_palette",
+    "colorize_semantic",
+    "base_semantic_labels",
+    "heat_over_image",
+    "figure_size_px",
+    "panel_boxes",
+    "draw_sample",
+]

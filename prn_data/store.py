@@ -1,0 +1,741 @@
+"""The Zarr v3 store of PRN inputs and targets (DESIGN §5, issue 3): schema, create, open, write, read.
+
+One group per (dataset, split, base network). Every array's first axis is the sample; maps are padded to a
+fixed ``canvas`` (a multiple of 32) and the valid ``size (h, w)`` is stored per sample.
+
+Layout (array paths are fixed by issue 3; stored dtype → decoded in-memory dtype):
+
+========================  ======================  ===============================================
+path                      stored                  decoded by :meth:`Store.read_sample`
+========================  ======================  ===============================================
+``image``                 (N, 3, H, W) uint8      uint8 RGB
+``size``, ``orig_size``   (N, 2) int32            ``(h, w)`` tuples of int
+``image_id``, ``file_name``  (N,) string          str
+``done``                  (N,) bool               set last for each sample
+``checksum``              (N,) uint64             BLAKE2b-64 over the sample's stored values
+``gt/semantic``           (N, H, W) uint8         uint8, 255 = ignore (also the padding)
+``gt/center``             (N, 1, H, W) uint16     float32 = q / 1024 (error ≤ 4.9e-4)
+``gt/center_offset``      (N, 2, H, W) int16      float32 px = q / 16 (error ≤ 1/32 px)
+``gt/box_offset``         (N, 4, H, W) int16      float32 px = q / 16
+``gt/foreground``         (N, H, W) uint8         uint8
+``gt/*_weight``           (N, H, W) uint8 codes   float32 = ``lut[q]`` (exact; lut in attributes)
+``gt/panoptic``           (N, H, W) int32         int32, VOID = -1 (also the padding)
+``gt/segments``           (N,) string (JSON)      list of dicts (COCO conventions)
+``base/instance``         (N, 7, H, W) int16      float32; channel 0 (heatmap) q / 1024, 1–6 q / 16
+``base/semantic``         (N, C, H/4, W/4) uint16 float32 = q / 1024 (error ≤ 4.9e-4)
+``base/panoptic``         (N, H, W) int32         int32
+``base/segments``         (N,) string (JSON)      list of dicts (with ``score`` when given)
+========================  ======================  ===============================================
+
+Each map array is chunked one sample per chunk inside shards of ``shard_size`` samples (sharding codec);
+a shard is assembled in memory from already-compressed chunks and written whole, by one writer, in one
+store ``set`` (atomic on a local disk: zarr-python's LocalStore writes through a temporary file), because
+zarr-python 3 loses data on concurrent partial-shard writes (DESIGN §8). The small per-sample arrays
+(size, ids, segments, done, checksum) have one chunk per :data:`SMALL_CHUNK` samples, unsharded, and are
+written only by the build's driver process after a shard task has returned, ``done`` last.
+
+Every array carries ``dimension_names`` and an ``encoding`` attribute (``raw``, ``scale`` with
+``scale``, ``lut`` with ``lut``, or ``json``) so that other readers can decode without this module;
+``xarray.open_zarr(url)`` (root) and ``xarray.open_zarr(url, group="gt")`` open it.
+
+Read API (used by ``prn info/show/stats/verify`` and ``prn_model.data``)::
+
+    store = open_store("cache/coco-val2017-simulated.zarr")   # or http(s)://, s3://, a .zip, zip://...
+    store.attrs, store.categories, store.canvas, len(store), store.done, store.has_base
+    d = store.read_sample(i)              # crop=True: maps cropped to the sample's valid size
+    b = store.read_batch([i, j, k])       # padded canvas, stacked (B, ...) arrays, decoded
+    store.verify_sample(i)                # recompute the checksum from the stored values
+    store.failures                        # samples the last build could not make (index, file, error)
+
+Opening for reading never writes. A store of another :data:`SCHEMA` version, or a folder that is not a
+prn store, raises :class:`~prn_data.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import StoreError
+from .records import IGNORE_LABEL, VOID, CategorySet
+
+SCHEMA = 1
+SMALL_CHUNK = 1024
+DEFAULT_SHARD_SIZE = 192
+HEATMAP_SCALE = 1.0 / 1024  # uint16 steps: within 1e-3 (issue 3), exact in binary floating point
+OFFSET_SCALE = 1.0 / 16  # int16 fixed point: ±2047 px at 1/16 px steps
+PROB_SCALE = 1.0 / 1024
+IMAGE_CODECS = ("zstd", "jpeg")
+_MAX_U64 = 2**64 - 1
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+@dataclass(frozen=True)
+class ArrayDef:
+    """One array of the schema: per-sample shape (after the sample axis), stored dtype and encoding."""
+
+    path: str
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    dtype: str
+    fill: Any = 0
+    encoding: str = "raw"  # raw | scale | lut | json | str
+    scale: tuple[float, ...] | None = None  # per channel (len 1 = all channels)
+    lut: tuple[float, ...] | None = None
+    sharded: bool = True
+    codec: str = "zstd"
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.shape)
+
+    def attrs(self) -> dict:
+        a: dict = {"encoding": self.encoding}
+        if self.scale is not None:
+            a["scale"] = list(self.scale)
+        if self.lut is not None:
+            a["lut"] = list(self.lut)
+        return a
+
+
+def schema(canvas: tuple[int, int], num_classes: int, has_base: bool, small_weight: float = 3.0,
+           image_codec: str = "zstd") -> list[ArrayDef]:
+    """The arrays of a store with the given canvas ``(H, W)`` (multiples of 4) and class count."""
+    H, W = canvas
+    hw, yx = (H, W), ("height", "width")
+    off_dtype = "int16" if max(H, W) < 2048 else "int32"  # int16 at 1/16 px holds |offset| ≤ 2047 px
+    sem_lut = (0.0, 1.0, float(small_weight)) if small_weight not in (0.0, 1.0) else (0.0, 1.0)
+    defs = [
+        ArrayDef("image", (3, H, W), ("rgb",) + yx, "uint8", codec=image_codec),
+        ArrayDef("size", (2,), ("yx",), "int32", sharded=False),
+        ArrayDef("orig_size", (2,), ("yx",), "int32", sharded=False),
+        ArrayDef("image_id", (), (), "str", fill="", encoding="str", sharded=False),
+        ArrayDef("file_name", (), (), "str", fill="", encoding="str", sharded=False),
+        ArrayDef("checksum", (), (), "uint64", sharded=False),
+        ArrayDef("done", (), (), "bool", fill=False, sharded=False),
+        ArrayDef("gt/semantic", hw, yx, "uint8", fill=IGNORE_LABEL),
+        ArrayDef("gt/center", (1, H, W), ("heatmap",) + yx, "uint16", encoding="scale", scale=(HEATMAP_SCALE,)),
+        ArrayDef("gt/center_offset", (2, H, W), ("dydx",) + yx, off_dtype, encoding="scale",
+                 scale=(OFFSET_SCALE,)),
+        ArrayDef("gt/box_offset", (4, H, W), ("tblr",) + yx, off_dtype, encoding="scale", scale=(OFFSET_SCALE,)),
+        ArrayDef("gt/foreground", hw, yx, "uint8"),
+        ArrayDef("gt/semantic_weight", hw, yx, "uint8", encoding="lut", lut=sem_lut),
+        ArrayDef("gt/center_weight", hw, yx, "uint8", encoding="lut", lut=(0.0, 1.0)),
+        ArrayDef("gt/offset_weight", hw, yx, "uint8", encoding="lut", lut=(0.0, 1.0)),
+        ArrayDef("gt/panoptic", hw, yx, "int32", fill=VOID),
+        ArrayDef("gt/segments", (), (), "str", fill="[]", encoding="json", sharded=False),
+    ]
+    if has_base:
+        defs += [
+            ArrayDef("base/instance", (7, H, W), ("instance_channel",) + yx, off_dtype, encoding="scale",
+                     scale=(HEATMAP_SCALE,) + (OFFSET_SCALE,) * 6),
+            ArrayDef("base/semantic", (num_classes, H // 4, W // 4), ("class", "height4", "width4"), "uint16",
+                     encoding="scale", scale=(PROB_SCALE,)),
+            ArrayDef("base/panoptic", hw, yx, "int32", fill=VOID),
+            ArrayDef("base/segments", (), (), "str", fill="[]", encoding="json", sharded=False),
+        ]
+    return defs
+
+
+def _codecs(codec: str, dtype: str) -> tuple[Any, tuple]:
+    """(serializer, compressors) of a named inner codec.
+
+    ``zstd``: plain zstd level 3 (measured in benchmarks/build.py against Blosc shuffle variants);
+    ``blosc-zstd``: Blosc byte-shuffle + zstd; ``jpeg``: lossy JPEG (quality 90) of an RGB image chunk.
+    """
+    import zarr.codecs as zc
+
+    if codec == "zstd":
+        return "auto", (zc.ZstdCodec(level=3),)
+    if codec == "zstd1":
+        return "auto", (zc.ZstdCodec(level=1),)
+    if codec == "blosc-zstd":
+        return "auto", (zc.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+    if codec == "blosc-lz4":
+        return "auto", (zc.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+    if codec == "jpeg":
+        return _jpeg_codec_class()(quality=90), ()
+    raise StoreError(f"unknown codec {codec!r}; choose one of zstd, zstd1, blosc-zstd, blosc-lz4, jpeg")
+
+
+_JPEG = None
+
+
+def _jpeg_codec_class():
+    """The ``prn.jpeg`` zarr v3 array→bytes codec (created and registered on first use): a ``(1, 3, H, W)``
+    uint8 chunk as one baseline JPEG (imagecodecs/libjpeg-turbo). Lossy; opt-in via ``--image-codec jpeg``.
+    Zarr readers outside prn need this codec registered (``import prn_data.store``)."""
+    global _JPEG
+    if _JPEG is not None:
+        return _JPEG
+    from dataclasses import dataclass as _dc
+
+    from zarr.abc.codec import ArrayBytesCodec
+    from zarr.registry import register_codec
+
+    @_dc(frozen=True)
+    class JpegCodec(ArrayBytesCodec):
+        is_fixed_size = False
+        quality: int = 90
+
+        @classmethod
+        def from_dict(cls, data):
+            return cls(quality=int(data.get("configuration", {}).get("quality", 90)))
+
+        def to_dict(self):
+            return {"name": "prn.jpeg", "configuration": {"quality": self.quality}}
+
+        async def _decode_single(self, chunk_bytes, chunk_spec):
+            import imagecodecs
+
+            rgb = imagecodecs.jpeg8_decode(chunk_bytes.to_bytes())  # (H, W, 3)
+            arr = np.ascontiguousarray(rgb.transpose(2, 0, 1)).reshape(chunk_spec.shape)
+            return chunk_spec.prototype.nd_buffer.from_ndarray_like(arr)
+
+        async def _encode_single(self, chunk_array, chunk_spec):
+            import imagecodecs
+
+            a = np.asarray(chunk_array.as_ndarray_like()).reshape(chunk_spec.shape[-3:])
+            blob = imagecodecs.jpeg8_encode(np.ascontiguousarray(a.transpose(1, 2, 0)), level=self.quality)
+            return chunk_spec.prototype.buffer.from_bytes(bytes(blob))
+
+        def compute_encoded_size(self, input_byte_length, _chunk_spec):
+            raise NotImplementedError
+
+    register_codec("prn.jpeg", JpegCodec)
+    _JPEG = JpegCodec
+    return _JPEG
+
+
+# --------------------------------------------------------------------------------------------- opening
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _local_path(url: str) -> Path:
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def _zarr_store(url: str, mode: str):
+    """A zarr store for ``url``: a local folder, a ``.zip`` file (read-only), or any fsspec URL."""
+    from zarr.storage import FsspecStore, LocalStore, ZipStore
+
+    read_only = mode == "r"
+    if url.startswith("zip://") or (_is_local(url) and url.endswith(".zip")):
+        if not read_only:
+            raise StoreError(f"{url}: a zip store can only be opened for reading")
+        if _is_local(url):
+            path = _local_path(url)
+            if not path.is_file():
+                raise StoreError(f"{url}: no such zip file")
+            return ZipStore(path, mode="r", read_only=True)
+        return FsspecStore.from_url(url, read_only=True)
+    if _is_local(url):
+        path = _local_path(url)
+        if read_only and not path.is_dir():
+            raise StoreError(f"{url}: no such store (not a folder)")
+        return LocalStore(path, read_only=read_only)
+    try:
+        return FsspecStore.from_url(url, read_only=read_only)
+    except Exception as exc:
+        raise StoreError(f"{url}: cannot open ({exc})") from None
+
+
+class Store:
+    """An open prn store. Build through :func:`create_store`, read through :func:`open_store`."""
+
+    def __init__(self, url: str, group, zstore, mode: str):
+        self.url = url
+        self.group = group
+        self.zstore = zstore
+        self.mode = mode
+        self.attrs: dict = dict(group.attrs)
+        self.categories = CategorySet.from_json(self.attrs["categories"])
+        self.canvas: tuple[int, int] = tuple(int(v) for v in self.attrs["canvas"])
+        self.shard_size = int(self.attrs["shard_size"])
+        self.has_base = bool(self.attrs.get("base") not in (None, "none"))
+        self.defs = {d.path: d for d in schema(self.canvas, len(self.categories), self.has_base,
+                                               self.attrs["target_params"]["small_instance_weight"],
+                                               self.attrs["image_codec"])}
+        self._arrays: dict = {}
+        self._sizes: np.ndarray | None = None
+
+    # -- basic facts
+    def __len__(self) -> int:
+        return int(self.attrs["n_samples"])
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r}, n={len(self)}, canvas={self.canvas}, base={self.attrs.get('base')!r})"
+
+    def array(self, path: str):
+        """The zarr array at ``path`` (cached)."""
+        if path not in self._arrays:
+            try:
+                self._arrays[path] = self.group[path]
+            except KeyError:
+                raise StoreError(f"{self.url}: array {path!r} is missing") from None
+        return self._arrays[path]
+
+    @property
+    def done(self) -> np.ndarray:
+        """``(N,) bool``: samples completely written."""
+        return np.asarray(self.array("done")[:], dtype=bool)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """``(N, 2) int32`` valid ``(h, w)`` per sample (read once)."""
+        if self._sizes is None or self.mode != "r":
+            self._sizes = np.asarray(self.array("size")[:], dtype=np.int32)
+        return self._sizes
+
+    @property
+    def failures(self) -> list[dict]:
+        """Samples the last build could not make: ``[{"index", "image_id", "file", "error"}]``."""
+        return list(self.attrs.get("failures", []))
+
+    @property
+    def map_paths(self) -> list[str]:
+        """Paths of the sharded per-sample map arrays, in schema order."""
+        return [p for p, d in self.defs.items() if d.sharded]
+
+    # -- reading
+    def _check_index(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range 0..{len(self) - 1}")
+        return i
+
+    def read_raw(self, i: int) -> dict[str, Any]:
+        """Stored (still encoded) values of sample ``i`` on the padded canvas, every array."""
+        i = self._check_index(i)
+        return {p: self.array(p)[i] for p in self.defs if p != "done" and p != "checksum"}
+
+    def read_sample(self, i: int, crop: bool = True, arrays: Iterable[str] | None = None) -> dict[str, Any]:
+        """Sample ``i`` decoded to the in-memory dtypes (module table). ``crop=False`` keeps the canvas.
+
+        ``arrays`` restricts the read to some paths (``size`` is always read). Reading a sample whose
+        ``done`` is False raises :class:`StoreError`.
+        """
+        i = self._check_index(i)
+        if not bool(self.array("done")[i]):
+            raise StoreError(f"{self.url}: sample {i} is not done (build incomplete or failed)")
+        want = [p for p in (arrays or self.defs) if p not in ("done",)]
+        out: dict[str, Any] = {}
+        size = tuple(int(v) for v in self.array("size")[i])
+        for p in want:
+            d = self.defs.get(p)
+            if d is None:
+                raise StoreError(f"{self.url}: no array {p!r} in this store")
+            out[p] = decode(d, self.array(p)[i])
+        out["size"] = size
+        if crop:
+            out = crop_sample(out, size)
+        return out
+
+    def read_batch(self, indices: Sequence[int], arrays: Iterable[str] | None = None) -> dict[str, Any]:
+        """Samples ``indices`` on the padded canvas, stacked: ``(B, ...)`` decoded arrays, lists for strings
+        and segments. Each array is fetched in one zarr call (chunks read concurrently)."""
+        idx = np.asarray([self._check_index(i) for i in indices], dtype=np.int64)
+        done = self.done[idx]
+        if not done.all():
+            raise StoreError(f"{self.url}: samples {idx[~done].tolist()} are not done")
+        out: dict[str, Any] = {}
+        for p in arrays or self.defs:
+            if p == "done":
+                continue
+            d = self.defs[p]
+            a = self.array(p)
+            raw = a.get_orthogonal_selection((idx,) + (slice(None),) * (a.ndim - 1))
+            if d.encoding in ("json", "str"):
+                out[p] = [decode(d, v) for v in raw]
+            else:
+                out[p] = decode(d, raw, batched=True)
+        return out
+
+    def sample_checksum(self, i: int) -> int:
+        """Recompute sample ``i``'s checksum from its stored values."""
+        return checksum(self.defs.values(), self.read_raw(i))
+
+    def verify_sample(self, i: int) -> bool:
+        """True when sample ``i`` is done and its stored checksum matches its stored values."""
+        i = self._check_index(i)
+        return bool(self.array("done")[i]) and int(self.array("checksum")[i]) == self.sample_checksum(i)
+
+    # -- writing (build only)
+    def write_shard(self, shard: int, samples: Mapping[int, Mapping[str, bytes | None]],
+                    keep: Iterable[int] = ()) -> None:
+        """Write shard ``shard`` of every map array whole, in one ``set`` per array.
+
+        ``samples`` maps a sample index to its encoded chunks (``{path: bytes}``, see
+        :func:`encode_sample`); indices listed in ``keep`` (samples already done) keep the bytes they have
+        in the existing shard; every other slot of the shard is left empty (reads as the fill value).
+        """
+        if self.mode == "r":
+            raise StoreError(f"{self.url}: opened read-only")
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        S = self.shard_size
+        base = shard * S
+        keep = [int(i) for i in keep]
+        proto = default_buffer_prototype()
+        for path in self.map_paths:
+            d = self.defs[path]
+            key = f"{path}/c/{shard}" + "/0" * len(d.shape)
+            old = _parse_shard(sync(self.zstore.get(key, prototype=proto)), S, key) if keep else {}
+            chunks: list[bytes | None] = [None] * S
+            for i in keep:
+                chunks[i - base] = old.get(i - base)
+                if chunks[i - base] is None:
+                    raise StoreError(f"{self.url}: sample {i} is marked done but its {path} chunk is missing")
+            for i, enc in samples.items():
+                chunks[i - base] = enc[path]
+            blob = _assemble_shard(chunks, len(d.shape))
+            sync(self.zstore.set(key, proto.buffer.from_bytes(blob)))
+
+    def write_meta(self, indices: Sequence[int], meta: Sequence[Mapping[str, Any]]) -> None:
+        """Driver only: write the small per-sample arrays of ``indices``, then ``checksum``, ``done`` last."""
+        if not len(indices):
+            return
+        idx = np.asarray(indices, dtype=np.int64)
+        for p in ("size", "orig_size", "image_id", "file_name", "gt/segments", "base/segments", "checksum"):
+            if p not in self.defs:
+                continue
+            d = self.defs[p]
+            vals = [m[p] for m in meta]
+            arr = np.asarray([str(v) for v in vals], dtype=object) if d.dtype == "str" else np.asarray(vals, dtype=d.dtype)
+            self.array(p).set_orthogonal_selection((idx,) + (slice(None),) * len(d.shape), arr)
+        self.array("done").set_orthogonal_selection((idx,), np.ones(len(idx), dtype=bool))
+
+    def set_attrs(self, **values: Any) -> None:
+        """Update root attributes (build only)."""
+        self.group.attrs.update(values)
+        self.attrs.update(values)
+
+    def consolidate(self) -> None:
+        """Consolidate metadata (once, at the end of a build: DESIGN §8)."""
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec" — known, chosen
+            zarr.consolidate_metadata(self.zstore)
+
+
+def open_store(url: str | Path, mode: str = "r") -> Store:
+    """Open the prn store at ``url`` (a folder, a ``.zip`` file, ``zip://…``, ``http(s)://…`` or any fsspec
+    URL). ``mode="r"`` never writes; ``"r+"`` is for the build. Raises :class:`StoreError` for a folder that
+    is not a prn store or one of another schema version."""
+    import warnings
+
+    import zarr
+
+    url = str(url)
+    _jpeg_codec_class()  # a store may use it; zarr resolves codecs by name when opening arrays
+    if mode not in ("r", "r+"):
+        raise StoreError(f"mode must be 'r' or 'r+', got {mode!r}")
+    zstore = _zarr_store(url, mode)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(zstore, mode=mode, zarr_format=3, use_consolidated=None if mode == "r" else False)
+    except Exception as exc:
+        raise StoreError(f"{url}: not a prn store (no Zarr v3 group: {type(exc).__name__})") from None
+    version = group.attrs.get("prn_schema")
+    if version is None:
+        raise StoreError(f"{url}: not a prn store (Zarr group without a 'prn_schema' attribute)")
+    if version != SCHEMA:
+        raise StoreError(f"{url}: prn store schema version {version}, but this prn reads version {SCHEMA}; "
+                         "rebuild it with `prn build --overwrite` or use a matching prn version")
+    try:
+        return Store(url, group, zstore, mode)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{url}: damaged prn store attributes ({exc})") from None
+
+
+def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories: CategorySet, attrs: Mapping,
+                 has_base: bool, shard_size: int = DEFAULT_SHARD_SIZE, image_codec: str = "zstd",
+                 small_weight: float = 3.0, overwrite: bool = False) -> Store:
+    """Create an empty store of ``n`` samples (every ``done`` False) and return it open for writing.
+
+    ``attrs`` are extra root attributes (dataset, split, policy, target params, base …). An existing
+    store at ``url`` is an error unless ``overwrite``.
+    """
+    import zarr
+
+    url = str(url)
+    if canvas[0] % 4 or canvas[1] % 4:
+        raise StoreError(f"canvas {canvas} must be a multiple of 4")
+    if image_codec not in IMAGE_CODECS:
+        raise StoreError(f"unknown image codec {image_codec!r}; choose one of {', '.join(IMAGE_CODECS)}")
+    zstore = _zarr_store(url, "w")
+    from zarr.core.sync import sync
+
+    if not overwrite and sync(zstore.exists("zarr.json")):
+        raise StoreError(f"{url}: a store already exists (use --overwrite to replace it)")
+    if overwrite and _is_local(url) and _local_path(url).exists():
+        import shutil
+
+        path = _local_path(url)
+        if any(path.iterdir()) and not _looks_like_prn_store(path):
+            raise StoreError(f"{url}: refusing to overwrite a folder that is not a prn store")
+        shutil.rmtree(path)
+        zstore = _zarr_store(url, "w")
+    root_attrs = dict(attrs) | {
+        "prn_schema": SCHEMA,
+        "n_samples": int(n),
+        "canvas": [int(canvas[0]), int(canvas[1])],
+        "shard_size": int(shard_size),
+        "image_codec": image_codec,
+        "categories": categories.to_json(),
+        "num_classes": len(categories),
+        "failures": [],
+    }
+    group = zarr.create_group(zstore, zarr_format=3, overwrite=overwrite, attributes=root_attrs)
+    for d in schema(canvas, len(categories), has_base, small_weight, image_codec):
+        _create_array(group, d, n, shard_size)
+    return Store(url, group, zstore, "r+")
+
+
+def _looks_like_prn_store(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "prn_schema" in (meta.get("attributes") or {})
+
+
+def _create_array(group, d: ArrayDef, n: int, shard_size: int):
+    dims = ("sample",) + d.dims
+    if d.dtype == "str":
+        return group.create_array(d.path, shape=(n,), chunks=(SMALL_CHUNK,), dtype=str, fill_value=d.fill,
+                                  dimension_names=dims, attributes=d.attrs())
+    if not d.sharded:
+        return group.create_array(d.path, shape=(n,) + d.shape, chunks=(SMALL_CHUNK,) + d.shape, dtype=d.dtype,
+                                  fill_value=d.fill, dimension_names=dims, attributes=d.attrs(),
+                                  compressors=_codecs("zstd", d.dtype)[1])
+    serializer, compressors = _codecs(d.codec, d.dtype)
+    return group.create_array(d.path, shape=(n,) + d.shape, chunks=(1,) + d.shape,
+                              shards=(shard_size,) + d.shape, dtype=d.dtype, fill_value=d.fill,
+                              dimension_names=dims, attributes=d.attrs(), serializer=serializer,
+                              compressors=compressors)
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+def encode_maps(defs: Iterable[ArrayDef], sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Quantise and pad one sample's in-memory maps to the stored dtypes on the canvas.
+
+    ``sample`` holds ``image (h, w, 3) uint8`` and the targets / base maps under their array paths at the
+    sample's size. Raises :class:`StoreError` for a value the encoding cannot hold (an offset beyond the
+    int range, a weight not in the lut).
+    """
+    out: dict[str, np.ndarray] = {}
+    for d in defs:
+        if not d.sharded:
+            continue
+        v = np.asarray(sample[d.path])
+        if d.path == "image":
+            v = v.transpose(2, 0, 1)
+        q = _quantise(d, v)
+        canvas = np.full(d.shape, d.fill, dtype=d.dtype)
+        if q.shape[:-2] != d.shape[:-2] or q.shape[-2] > d.shape[-2] or q.shape[-1] > d.shape[-1]:
+            raise StoreError(f"{d.path}: shape {q.shape} does not fit the store's {d.shape}")
+        canvas[..., : q.shape[-2], : q.shape[-1]] = q
+        out[d.path] = canvas
+    return out
+
+
+def _quantise(d: ArrayDef, v: np.ndarray) -> np.ndarray:
+    info = np.iinfo(d.dtype) if np.dtype(d.dtype).kind in "iu" else None
+    if d.encoding == "raw":
+        if info is not None and v.size and (v.min() < info.min or v.max() > info.max):
+            raise StoreError(f"{d.path}: values outside {d.dtype}")
+        return v.astype(d.dtype, copy=False)
+    if d.encoding == "scale":
+        scale = np.asarray(d.scale, dtype=np.float64).reshape((-1,) + (1,) * (v.ndim - 1))
+        q = np.rint(v / scale)
+        if v.size and (q.min() < info.min or q.max() > info.max):
+            raise StoreError(f"{d.path}: values {v.min():.4g}..{v.max():.4g} do not fit {d.dtype} at the "
+                             f"store's scale")
+        return q.astype(d.dtype)
+    if d.encoding == "lut":
+        q = np.zeros(v.shape, dtype=np.uint8)
+        seen = np.zeros(v.shape, dtype=bool)
+        for code, value in enumerate(d.lut):
+            m = v == np.float32(value)
+            q[m] = code
+            seen |= m
+        if not seen.all():
+            bad = np.unique(v[~seen])[:5].tolist()
+            raise StoreError(f"{d.path}: values {bad} are not among the stored levels {list(d.lut)}")
+        return q
+    raise StoreError(f"{d.path}: cannot quantise a {d.encoding} array")
+
+
+def decode(d: ArrayDef, raw: Any, batched: bool = False) -> Any:
+    """Stored value(s) of one sample (or a batch, ``batched=True``) → the in-memory form."""
+    if d.encoding == "json":
+        return json.loads(str(raw)) if raw not in (None, "") else []
+    if d.encoding == "str":
+        return str(raw)
+    raw = np.asarray(raw)
+    if d.path in ("size", "orig_size") and not batched:
+        return tuple(int(v) for v in raw)
+    if d.encoding == "raw":
+        return raw
+    if d.encoding == "scale":
+        nd = len(d.shape)
+        scale = np.asarray(d.scale, dtype=np.float32).reshape((-1,) + (1,) * (nd - 1))
+        return raw.astype(np.float32) * scale
+    if d.encoding == "lut":
+        return np.asarray(d.lut, dtype=np.float32)[raw]
+    raise StoreError(f"{d.path}: unknown encoding {d.encoding!r}")
+
+
+def crop_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """Crop decoded canvas maps to the valid ``size = (h, w)`` (``base/semantic`` to ``⌈h/4⌉, ⌈w/4⌉``)."""
+    h, w = size
+    out = dict(sample)
+    for k, v in sample.items():
+        if not isinstance(v, np.ndarray) or v.ndim < 2 or k in ("size", "orig_size"):
+            continue
+        if k == "base/semantic":
+            out[k] = v[..., : -(-h // 4), : -(-w // 4)]
+        else:
+            out[k] = v[..., :h, :w]
+    return out
+
+
+def checksum(defs: Iterable[ArrayDef], stored: Mapping[str, Any]) -> int:
+    """BLAKE2b-64 of one sample's stored values (every array but ``done``/``checksum``, schema order,
+    little-endian bytes of the padded maps, UTF-8 of strings) as an unsigned int."""
+    h = hashlib.blake2b(digest_size=8)
+    for d in defs:
+        if d.path in ("done", "checksum"):
+            continue
+        v = stored[d.path]
+        h.update(d.path.encode())
+        if d.dtype == "str":
+            h.update(str(v).encode("utf-8"))
+        else:
+            h.update(np.ascontiguousarray(np.asarray(v, dtype=np.dtype(d.dtype).newbyteorder("<"))).tobytes())
+    return int.from_bytes(h.digest(), "little")
+
+
+class ChunkEncoder:
+    """Encodes one sample's chunk of an array with exactly the array's own zarr codecs (through a one-chunk
+    in-memory zarr array), so the bytes can be placed in a shard assembled by :meth:`Store.write_shard`.
+    Not thread-safe: use one per thread (:func:`chunk_encoder`)."""
+
+    def __init__(self, defs: Iterable[ArrayDef]):
+        import zarr
+        from zarr.storage import MemoryStore
+
+        self._arrays = {}
+        for d in defs:
+            if not d.sharded:
+                continue
+            mem = MemoryStore()
+            serializer, compressors = _codecs(d.codec, d.dtype)
+            a = zarr.create_array(mem, shape=(1,) + d.shape, chunks=(1,) + d.shape, dtype=d.dtype,
+                                  fill_value=d.fill, serializer=serializer, compressors=compressors,
+                                  config={"write_empty_chunks": True})
+            self._arrays[d.path] = (a, mem, "c/0" + "/0" * len(d.shape), d.codec == "jpeg")
+
+    def encode(self, path: str, chunk: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """``(bytes, stored)``: the encoded chunk and the values a reader will decode from it (differs from
+        ``chunk`` only for a lossy codec)."""
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        a, mem, key, lossy = self._arrays[path]
+        a[0] = chunk
+        blob = sync(mem.get(key, prototype=default_buffer_prototype())).to_bytes()
+        stored = a[0] if lossy else chunk
+        return blob, stored
+
+
+_local = threading.local()
+
+
+def chunk_encoder(defs: Sequence[ArrayDef]) -> ChunkEncoder:
+    """A per-thread :class:`ChunkEncoder` for ``defs`` (cached by their identity)."""
+    key = tuple(defs)
+    cache = getattr(_local, "encoders", None)
+    if cache is None:
+        cache = _local.encoders = {}
+    if key not in cache:
+        cache[key] = ChunkEncoder(defs)
+    return cache[key]
+
+
+def encode_sample(defs: Sequence[ArrayDef], maps: Mapping[str, Any], meta: Mapping[str, Any]
+                  ) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Encode one sample: ``(chunks, meta)`` where ``chunks`` are the compressed map chunks by path and
+    ``meta`` the small arrays' values plus ``checksum`` (over the values a reader will see)."""
+    enc = chunk_encoder(defs)
+    stored = encode_maps(defs, maps)
+    chunks = {}
+    for path, v in stored.items():
+        chunks[path], stored[path] = enc.encode(path, v)
+    meta = dict(meta)
+    meta["checksum"] = checksum(defs, stored | meta)
+    return chunks, meta
+
+
+# --------------------------------------------------------------------------------------------- shards
+
+def _assemble_shard(chunks: Sequence[bytes | None], ndim_rest: int) -> bytes:
+    """Bytes of a ``sharding_indexed`` shard (index at the end: uint64 (offset, nbytes) per chunk, little
+    endian, then its CRC32C) from per-chunk encoded bytes; ``None`` = empty chunk."""
+    import google_crc32c
+
+    index = np.full((len(chunks),) + (1,) * ndim_rest + (2,), _MAX_U64, dtype="<u8")
+    flat = index.reshape(len(chunks), 2)
+    parts, offset = [], 0
+    for j, c in enumerate(chunks):
+        if c is None:
+            continue
+        flat[j] = (offset, len(c))
+        parts.append(c)
+        offset += len(c)
+    ib = index.tobytes()
+    crc = np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes()
+    return b"".join(parts) + ib + crc
+
+
+def _parse_shard(buf, n_chunks: int, key: str) -> dict[int, bytes]:
+    """Inverse of :func:`_assemble_shard`: ``{slot: bytes}`` of the non-empty chunks (``{}`` if absent)."""
+    import google_crc32c
+
+    if buf is None:
+        return {}
+    blob = buf.to_bytes()
+    isize = 16 * n_chunks
+    if len(blob) < isize + 4:
+        raise StoreError(f"{key}: shard truncated ({len(blob)} bytes)")
+    ib, crc = blob[-isize - 4 : -4], blob[-4:]
+    if np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes() != crc:
+        raise StoreError(f"{key}: shard index checksum mismatch (damaged shard)")
+    index = np.frombuffer(ib, dtype="<u8").reshape(n_chunks, 2)
+    out = {}
+    for j, (off, nb) in enumerate(index.tolist()):
+        if off != _MAX_U64:
+            out[j] = blob[off : off + nb]
+    return out
+
+
+__all__ = [
+    "SCHEMA", "DEFAULT_SHARD_SIZE", "IMAGE_CODECS", "ArrayDef", "Store", "schema", "open_store",
+    "create_store", "encode_maps", "encode_sample", "decode", "crop_sample", "checksum",
+]

@@ -1,0 +1,268 @@
+"""A PyTorch dataset over a prn store (local path or URL), its sampler and its collate function.
+
+The dataset reads only the store: every map was computed offline by ``prn build``. It opens the store
+lazily in whichever process reads (a DataLoader worker opens its own handle on first use) and never carries
+an open handle across a fork or a pickle, because zarr's event loop and Blosc's thread pool do not survive a
+fork (DESIGN §8). The loader uses a ``forkserver`` context by default for the same reason.
+
+Per sample it returns the Batch fields without the batch axis (see :data:`BATCH_KEYS`), as NumPy arrays;
+:func:`collate` stacks them into the Batch of docs/ARCHITECTURE.md:
+``image (B, 3, H, W) float32`` 0..255, ``instance (B, 7, H, W) float32`` (pixels),
+``base_semantic (B, N_cl, H/4, W/4) float32``, ``semantic (B, H, W) int64`` (255 = ignore),
+``center (B, 1, H, W)``, ``center_offset (B, 2, H, W)`` (dy, dx), ``box_offset (B, 4, H, W)``
+(top, bottom, left, right), ``foreground (B, H, W) int64``, ``semantic_weight``, ``center_weight``,
+``offset_weight``, ``foreground_weight`` ``(B, H, W) float32``, ``valid (B, H, W) bool``, ``size (B, 2) int64``
+(valid h, w), ``index (B,) int64`` (row in the store).
+
+Sampling keys: the training sampler yields integers ``key = epoch · n + i`` (``i`` indexes the ``done``
+samples), and the augmentation generator is seeded with ``(seed, epoch, i)``; so what a sample looks like
+never depends on which worker or rank reads it, and a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from prn_data.errors import StoreError
+
+from .augment import AugmentConfig, augment
+
+BATCH_KEYS = (
+    "image",
+    "instance",
+    "base_semantic",
+    "semantic",
+    "center",
+    "center_offset",
+    "box_offset",
+    "foreground",
+    "semantic_weight",
+    "center_weight",
+    "offset_weight",
+    "foreground_weight",
+    "valid",
+    "size",
+    "index",
+)
+_FLOAT_KEYS = ("image", "instance", "base_semantic", "center", "center_offset", "box_offset")
+_WEIGHT_KEYS = ("semantic_weight", "center_weight", "offset_weight", "foreground_weight")
+# Store array paths (issue 3) read for training; everything else in a sample is left on disk.
+STORE_KEYS = (
+    "image",
+    "size",
+    "base/instance",
+    "base/semantic",
+    "gt/semantic",
+    "gt/center",
+    "gt/center_offset",
+    "gt/box_offset",
+    "gt/foreground",
+    "gt/semantic_weight",
+    "gt/center_weight",
+    "gt/offset_weight",
+    "gt/panoptic",
+)
+
+StoreOpener = Callable[[], Any]
+
+
+def default_opener(url: str) -> StoreOpener:
+    """A picklable callable opening the store at ``url`` read-only (``prn_data.store.open_store``)."""
+    return _UrlOpener(url)
+
+
+class _UrlOpener:
+    def __init__(self, url: str):
+        self.url = url
+
+    def __call__(self):
+        from prn_data.store import open_store
+
+        return open_store(self.url, mode="r")
+
+    def __repr__(self) -> str:
+        return f"open_store({self.url!r})"
+
+
+def _chw(a: np.ndarray, channels: int) -> np.ndarray:
+    return a[None] if a.ndim == 2 and channels == 1 else a
+
+
+def sample_from_store(raw: dict, index: int) -> dict:
+    """Convert one ``Store.read_sample(i, crop=False)`` dict into the per-sample Batch fields.
+
+    The foreground weight is derived (``gt/panoptic != -1``, DESIGN §3); every weight is zeroed outside
+    the valid region so padding never counts, whatever the store holds there.
+    """
+    image = np.asarray(raw["image"])
+    H, W = image.shape[-2:]
+    h, w = (int(v) for v in np.asarray(raw["size"]).reshape(2))
+    valid = np.zeros((H, W), dtype=bool)
+    valid[:h, :w] = True
+    s = {
+        "image": np.array(image, dtype=np.uint8),
+        "instance": np.array(raw["base/instance"], dtype=np.float32),
+        "base_semantic": np.array(raw["base/semantic"], dtype=np.float32),
+        "semantic": np.array(raw["gt/semantic"], dtype=np.uint8).reshape(H, W),
+        "center": np.array(_chw(np.asarray(raw["gt/center"]), 1), dtype=np.float32),
+        "center_offset": np.array(raw["gt/center_offset"], dtype=np.float32),
+        "box_offset": np.array(raw["gt/box_offset"], dtype=np.float32),
+        "foreground": np.array(raw["gt/foreground"], dtype=np.uint8).reshape(H, W),
+        "semantic_weight": np.array(raw["gt/semantic_weight"], dtype=np.float32).reshape(H, W),
+        "center_weight": np.array(raw["gt/center_weight"], dtype=np.float32).reshape(H, W),
+        "offset_weight": np.array(raw["gt/offset_weight"], dtype=np.float32).reshape(H, W),
+        "foreground_weight": (np.asarray(raw["gt/panoptic"]).reshape(H, W) != -1).astype(np.float32),
+        "valid": valid,
+        "size": np.array([h, w], dtype=np.int64),
+        "index": np.int64(index),
+    }
+    for key in _WEIGHT_KEYS:
+        s[key] *= valid
+    s["semantic"][~valid] = 255
+    return s
+
+
+class StoreDataset(Dataset):
+    """The ``done`` samples of a prn store as training (``augment`` given) or evaluation samples.
+
+    ``source`` is a store URL/path or a zero-argument callable returning an open store (it must be
+    picklable when workers are used). ``__getitem__`` takes a sampler key (see the module docstring);
+    keys below ``len(self)`` are epoch 0. Metadata (``done``, categories, canvas) is read once here in
+    the parent and the handle is dropped at once, so no open store crosses a fork.
+    """
+
+    def __init__(self, source: str | StoreOpener, augment_cfg: AugmentConfig | None = None, seed: int = 0):
+        self.opener: StoreOpener = default_opener(source) if isinstance(source, str) else source
+        self.source = source if isinstance(source, str) else repr(source)
+        self.augment_cfg = augment_cfg
+        self.seed = int(seed)
+        store = self.opener()
+        try:
+            done = np.asarray(store.done, dtype=bool)
+            self.indices = np.flatnonzero(done).astype(np.int64)
+            self.categories = store.categories
+            self.canvas = tuple(int(v) for v in store.canvas)
+            self.attrs = dict(getattr(store, "attrs", {}) or {})
+        finally:
+            _close(store)
+        if len(self.indices) == 0:
+            raise StoreError(f"{self.source}: no sample is done (was the build finished?)")
+        self._store = None
+        self._pid = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"] = None
+        state["_pid"] = None
+        return state
+
+    def store(self):
+        """This process's open store handle (opened on first use; reopened after a fork)."""
+        if self._store is None or self._pid != os.getpid():
+            self._store = self.opener()
+            self._pid = os.getpid()
+        return self._store
+
+    def read(self, i: int) -> dict:
+        """The un-augmented per-sample fields of the ``i``-th done sample."""
+        row = int(self.indices[i])
+        raw = self.store().read_sample(row, crop=False, arrays=[k for k in STORE_KEYS if k != "size"])
+        return sample_from_store(raw, row)
+
+    def __getitem__(self, key: int) -> dict:
+        epoch, i = divmod(int(key), len(self.indices))
+        sample = self.read(i)
+        if self.augment_cfg is not None:
+            rng = np.random.default_rng([self.seed, epoch, i])
+            sample = augment(sample, self.augment_cfg, rng)
+        return sample
+
+
+def _close(store) -> None:
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
+
+
+class TrainSampler(Sampler[int]):
+    """An endless, seeded, rank-sharded sampler of :class:`StoreDataset` keys that can start mid-stream.
+
+    Epoch ``e`` is the permutation ``default_rng([seed, e]).permutation(n)`` (or ``arange(n)`` with
+    ``shuffle=False``), padded by wrapping to a multiple of ``world_size`` as ``DistributedSampler`` does;
+    rank ``r`` takes every ``world_size``-th entry from ``r``. ``start`` skips that many of this rank's
+    draws, which is all a resumed run needs (``start = step · batch_size``).
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0,
+                 shuffle: bool = True):
+        if n <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n, self.seed, self.rank, self.world_size = int(n), int(seed), int(rank), int(world_size)
+        self.start, self.shuffle = int(start), shuffle
+        self.per_rank = math.ceil(self.n / self.world_size)
+
+    def epoch_keys(self, epoch: int) -> np.ndarray:
+        """This rank's keys for ``epoch``, ``(per_rank,) int64``."""
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        total = self.per_rank * self.world_size
+        order = np.resize(order, total)  # wraps around, like DistributedSampler's padding
+        return order[self.rank :: self.world_size].astype(np.int64) + epoch * self.n
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            for key in self.epoch_keys(epoch)[offset:]:
+                yield int(key)
+            epoch, offset = epoch + 1, 0
+
+
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack per-sample fields into the Batch (dtypes as in the module docstring)."""
+    out: dict[str, torch.Tensor] = {}
+    for key in BATCH_KEYS:
+        arr = np.stack([np.asarray(s[key]) for s in samples])
+        t = torch.from_numpy(arr)
+        if key in _FLOAT_KEYS or key in _WEIGHT_KEYS:
+            t = t.float()
+        elif key in ("semantic", "foreground", "size", "index"):
+            t = t.long()
+        elif key == "valid":
+            t = t.bool()
+        out[key] = t
+    return out
+
+
+def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None = None,
+                num_workers: int = 0, mp_context: str | None = "forkserver", pin_memory: bool = False,
+                prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader over ``dataset`` with :func:`collate`; workers start from ``mp_context``
+    (``forkserver`` by default, ``None`` for the platform default) and collate inside the worker."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor
+        if mp_context:
+            kwargs["multiprocessing_context"] = mp_context
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=False,
+        **kwargs,
+    )

@@ -1,0 +1,371 @@
+"""Panoptic quality (PQ = SQ × RQ) exactly as panopticapi's ``pq_compute`` defines it (paper §4.2).
+
+Per image, one ``bincount`` over the pair of (compacted) id maps gives the whole intersection matrix;
+matching, false positives and false negatives are then array operations over segments, not pixels.
+
+Rules (panopticapi, bit for bit):
+
+- VOID is id 0 in files (-1 in memory); ground-truth ids absent from the segment list are neither VOID
+  nor matchable.
+- A match is a (non-crowd ground truth, prediction) pair of the same category with IoU > 0.5, the union
+  leaving out the predicted pixels that lie on VOID.
+- An unmatched non-crowd ground-truth segment is a false negative; crowd is never one.
+- An unmatched prediction is a false positive unless more than half of it lies on VOID plus the crowd
+  region of its own category (the last crowd segment of that category in the ground truth's list).
+- Classes with no TP, FP or FN are left out of the averages; ``n`` counts the classes averaged.
+
+Two entry points: :func:`pq_compute` on COCO panoptic JSON + PNG folders (like panopticapi's script) and
+:func:`pq_from_arrays` on in-memory id maps and segment lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from prn_data.errors import DatasetError, PrnError
+
+FILE_VOID = 0
+MEMORY_VOID = -1
+
+
+@dataclass
+class SegmentTable:
+    """The segments of one image as arrays: ``ids (S,) int64``, ``category (S,) int64``,
+    ``iscrowd (S,) bool``, ``area (S,) int64 | None`` (None: take areas from the id map)."""
+
+    ids: np.ndarray
+    category: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray | None = None
+
+    @staticmethod
+    def from_segments(segments: Iterable[Any], with_area: bool = False) -> "SegmentTable":
+        """From :class:`prn_data.records.Segment` objects or COCO ``segments_info`` dicts."""
+        ids, cats, crowd, area = [], [], [], []
+        for s in segments:
+            if isinstance(s, Mapping):
+                ids.append(int(s["id"]))
+                cats.append(int(s["category_id"]))
+                crowd.append(bool(s.get("iscrowd", 0)))
+                area.append(int(s.get("area", 0)))
+            else:
+                ids.append(int(s.id))
+                cats.append(int(s.category_id))
+                crowd.append(bool(s.iscrowd))
+                area.append(int(s.area))
+        return SegmentTable(
+            np.asarray(ids, dtype=np.int64),
+            np.asarray(cats, dtype=np.int64),
+            np.asarray(crowd, dtype=bool),
+            np.asarray(area, dtype=np.int64) if with_area else None,
+        )
+
+
+@dataclass
+class ImageStats:
+    """One image's PQ counts: true positives as ``(tp_category, tp_iou)`` pairs in ground-truth id order,
+    and the categories of its false positives and false negatives (one entry per segment)."""
+
+    tp_category: np.ndarray
+    tp_iou: np.ndarray
+    fp_category: np.ndarray
+    fn_category: np.ndarray
+
+
+@dataclass
+class PQStat:
+    """Counts accumulated over images, per category id: ``iou`` (sum of matched IoUs), ``tp``, ``fp``, ``fn``."""
+
+    iou: dict[int, float] = field(default_factory=dict)
+    tp: dict[int, int] = field(default_factory=dict)
+    fp: dict[int, int] = field(default_factory=dict)
+    fn: dict[int, int] = field(default_factory=dict)
+
+    def add(self, s: ImageStats) -> None:
+        # Summed one IoU at a time in panopticapi's order so the floating-point result is the same.
+        for c, v in zip(s.tp_category.tolist(), s.tp_iou.tolist()):
+            self.iou[c] = self.iou.get(c, 0.0) + v
+            self.tp[c] = self.tp.get(c, 0) + 1
+        for c in s.fp_category.tolist():
+            self.fp[c] = self.fp.get(c, 0) + 1
+        for c in s.fn_category.tolist():
+            self.fn[c] = self.fn.get(c, 0) + 1
+
+
+def _compact(ids: np.ndarray, keys: np.ndarray, unknown: int) -> np.ndarray:
+    """Map every value of ``ids`` (flat int) to its position in ``keys`` (distinct ints), ``unknown`` where
+    absent. A collision-free modular hash of the few keys replaces a sort of the whole map."""
+    keys = keys.astype(np.int64)
+    m = max(8, 2 * len(keys) + 1)
+    while len(np.unique(keys % m)) != len(keys):
+        m += 1
+    slot_key = np.zeros(m, dtype=ids.dtype)
+    slot_idx = np.full(m, unknown, dtype=np.int64)
+    slot_key[keys % m] = keys.astype(ids.dtype)
+    slot_idx[keys % m] = np.arange(len(keys))
+    h = ids % m
+    idx = slot_idx[h]
+    idx[slot_key[h] != ids] = unknown
+    return idx
+
+
+def pq_image(
+    gt_ids: np.ndarray,
+    gt: SegmentTable,
+    pred_ids: np.ndarray,
+    pred: SegmentTable,
+    void: int = FILE_VOID,
+    categories: Iterable[int] | None = None,
+    name: str | None = None,
+) -> ImageStats:
+    """PQ counts of one image.
+
+    ``gt_ids``/``pred_ids``: ``(H, W)`` integer id maps with VOID = ``void``. ``gt.area`` (when given) is
+    used as the ground-truth areas, as panopticapi takes them from the JSON; prediction areas always come
+    from the map. A predicted id missing from ``pred``, a listed prediction absent from the map (when
+    ``name`` is given, i.e. for files) or a prediction of a category outside ``categories`` raises
+    :class:`DatasetError` naming ``name``.
+    """
+    if gt_ids.shape != pred_ids.shape:
+        raise DatasetError(name, f"prediction is {pred_ids.shape}, ground truth {gt_ids.shape}")
+    G, P = len(gt.ids), len(pred.ids)
+    # Index 0 is VOID, 1..S the listed segments, S+1 any id not listed.
+    gi = _compact(gt_ids.ravel(), np.concatenate([[void], gt.ids]), G + 1)
+    pj = _compact(pred_ids.ravel(), np.concatenate([[void], pred.ids]), P + 1)
+    conf = np.bincount(gi * (P + 2) + pj, minlength=(G + 2) * (P + 2)).reshape(G + 2, P + 2)
+    if conf[:, P + 1].any():
+        bad = np.setdiff1d(np.unique(pred_ids.ravel()[pj == P + 1]), [void])[:5].tolist()
+        raise DatasetError(name, f"predicted segment ids {bad} are in the PNG but not in the JSON")
+    pred_area = conf[:, 1 : P + 1].sum(0)
+    present = pred_area > 0
+    if name is not None and not present.all():
+        raise DatasetError(name, f"predicted segment ids {pred.ids[~present][:5].tolist()} are in the JSON but not in the PNG")
+    if categories is not None:
+        known = np.isin(pred.category[present], np.fromiter(categories, dtype=np.int64))
+        if not known.all():
+            raise DatasetError(name, f"predicted category ids {np.unique(pred.category[present][~known]).tolist()} are unknown")
+    gt_area = gt.area if gt.area is not None else conf[1 : G + 1, :].sum(1)
+    inter = conf[1 : G + 1, 1 : P + 1]
+    on_void = conf[0, 1 : P + 1]
+
+    candidate = (inter > 0) & (gt.category[:, None] == pred.category[None, :]) & ~gt.iscrowd[:, None]
+    union = pred_area[None, :] + gt_area[:, None] - inter - on_void[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(candidate, inter / np.where(candidate, union, 1), 0.0)
+    match = candidate & (iou > 0.5)
+    gm, pm = np.nonzero(match)
+    order = np.argsort(gt.ids[gm], kind="stable")
+    gm, pm = gm[order], pm[order]
+    gt_matched = match.any(1)
+    pred_matched = match.any(0)
+
+    fn = ~gt_matched & ~gt.iscrowd
+    # panopticapi keeps, per category, the last crowd segment listed.
+    crowd_row = {}
+    for r in np.nonzero(gt.iscrowd & ~gt_matched)[0].tolist():
+        crowd_row[int(gt.category[r])] = r
+    ignored = on_void.astype(np.float64)
+    if crowd_row:
+        rows = np.array([crowd_row.get(int(c), -1) for c in pred.category], dtype=np.int64)
+        has = rows >= 0
+        ignored[has] += inter[rows[has], np.nonzero(has)[0]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fp = ~pred_matched & present & ~(ignored / pred_area > 0.5)
+    return ImageStats(
+        tp_category=gt.category[gm],
+        tp_iou=iou[gm, pm].astype(np.float64),
+        fp_category=pred.category[fp],
+        fn_category=gt.category[fn],
+    )
+
+
+def _category_info(categories: Any) -> dict[int, dict]:
+    """``{category_id: {"name", "isthing"}}`` from a CategorySet, a list of COCO category dicts or a dict."""
+    if isinstance(categories, Mapping):
+        return {int(k): dict(v) for k, v in categories.items()}
+    out = {}
+    for c in categories:
+        if isinstance(c, Mapping):
+            out[int(c["id"])] = {"name": c.get("name", str(c["id"])), "isthing": int(c["isthing"])}
+        else:
+            out[int(c.id)] = {"name": c.name, "isthing": int(c.isthing)}
+    return out
+
+
+def pq_average(stat: PQStat, categories: Any) -> dict:
+    """pq_compute's result: ``All``/``Things``/``Stuff`` → ``{"pq", "sq", "rq", "n"}`` (fractions) and
+    ``per_class`` → ``{category_id: {"pq", "sq", "rq"}}``. An average over no class is 0."""
+    cats = _category_info(categories)
+    results: dict = {}
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        pq = sq = rq = 0.0
+        n = 0
+        per_class = {}
+        for cid, info in cats.items():
+            if isthing is not None and (int(info["isthing"]) == 1) != isthing:
+                continue
+            iou, tp = stat.iou.get(cid, 0.0), stat.tp.get(cid, 0)
+            fp, fn = stat.fp.get(cid, 0), stat.fn.get(cid, 0)
+            if tp + fp + fn == 0:
+                per_class[cid] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+                continue
+            n += 1
+            denom = tp + 0.5 * fp + 0.5 * fn
+            pc = {"pq": iou / denom, "sq": iou / tp if tp else 0, "rq": tp / denom}
+            per_class[cid] = pc
+            pq += pc["pq"]
+            sq += pc["sq"]
+            rq += pc["rq"]
+        results[name] = {"pq": pq / n if n else 0.0, "sq": sq / n if n else 0.0, "rq": rq / n if n else 0.0, "n": n}
+        if name == "All":
+            results["per_class"] = per_class
+    return results
+
+
+def _workers(workers: int | None) -> int:
+    return max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+
+
+def pq_from_arrays(
+    items: Sequence[tuple[np.ndarray, Sequence[Any], np.ndarray, Sequence[Any]]],
+    categories: Any,
+    void: int = MEMORY_VOID,
+    workers: int | None = None,
+) -> dict:
+    """PQ over in-memory images. ``items``: ``(gt_ids, gt_segments, pred_ids, pred_segments)`` per image,
+    ``(H, W)`` integer maps with VOID = ``void`` (−1, the in-memory convention) and lists of
+    :class:`~prn_data.records.Segment` or COCO segment dicts. Areas come from the maps; listed segments
+    absent from a map are ignored. Returns :func:`pq_average`'s dict."""
+
+    def one(it):
+        g, gs, p, ps = it
+        return pq_image(np.asarray(g), SegmentTable.from_segments(gs), np.asarray(p), SegmentTable.from_segments(ps), void=void)
+
+    stat = PQStat()
+    n = _workers(workers)
+    with ThreadPoolExecutor(n) as pool:
+        for s in pool.map(one, items) if n > 1 and len(items) > 1 else map(one, items):
+            stat.add(s)
+    return pq_average(stat, categories)
+
+
+def read_png_ids(path: str | Path) -> np.ndarray:
+    """COCO panoptic PNG → ``(H, W) uint32`` ids R + 256·G + 256²·B. Decoding to RGBX lets the pixels be
+    reinterpreted as little-endian words instead of combined channel by channel."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "panoptic PNG is missing")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("RGB", "RGBA"):
+                raise DatasetError(path, f"panoptic PNG must be RGB, not {im.mode}")
+            arr = np.asarray(im.convert("RGBX"))
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(path, f"unreadable panoptic PNG ({exc})") from None
+    return arr.view("<u4")[..., 0] & np.uint32(0xFFFFFF)
+
+
+def _load_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "JSON file is missing")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(path, f"unreadable JSON ({exc})") from None
+    if not isinstance(d, dict) or "annotations" not in d:
+        raise DatasetError(path, "not a COCO panoptic JSON (no 'annotations')")
+    return d
+
+
+def pq_compute(
+    gt_json: str | Path,
+    gt_dir: str | Path,
+    pred_json: str | Path,
+    pred_dir: str | Path,
+    workers: int | None = None,
+    categories: Any = None,
+    progress: Any = None,
+) -> dict:
+    """panopticapi's ``pq_compute`` on a COCO panoptic pair (JSON + PNG folder each); images are matched by
+    ``image_id`` and scored in parallel threads. ``categories`` defaults to the ground-truth JSON's.
+    ``progress(n_done)`` is called after each image when given. Returns :func:`pq_average`'s dict."""
+    gt_d, pred_d = _load_json(gt_json), _load_json(pred_json)
+    if categories is None:
+        if "categories" not in gt_d:
+            raise DatasetError(gt_json, "no 'categories' in the ground-truth JSON")
+        categories = gt_d["categories"]
+    cats = _category_info(categories)
+    preds = {a["image_id"]: a for a in pred_d["annotations"]}
+    pairs = []
+    for g in gt_d["annotations"]:
+        if g["image_id"] not in preds:
+            raise DatasetError(pred_json, f"no prediction for the image with id {g['image_id']}")
+        pairs.append((g, preds[g["image_id"]]))
+
+    def one(pair):
+        g, p = pair
+        gpath = Path(gt_dir) / g["file_name"]
+        ppath = Path(pred_dir) / p["file_name"]
+        return pq_image(
+            read_png_ids(gpath),
+            SegmentTable.from_segments(g["segments_info"], with_area=True),
+            read_png_ids(ppath),
+            SegmentTable.from_segments(p["segments_info"]),
+            void=FILE_VOID,
+            categories=cats.keys(),
+            name=str(ppath),
+        )
+
+    stat = PQStat()
+    n = _workers(workers)
+    with ThreadPoolExecutor(n) as pool:
+        for i, s in enumerate(pool.map(one, pairs) if n > 1 else map(one, pairs)):
+            stat.add(s)
+            if progress is not None:
+                progress(i + 1)
+    return pq_average(stat, cats)
+
+
+def format_table(results: dict, categories: Any = None, per_class: bool = False) -> str:
+    """panopticapi's printout: optional per-class rows, then All / Things / Stuff with PQ, SQ, RQ (in %)
+    and N."""
+    lines = []
+    if per_class and categories is not None:
+        cats = _category_info(categories)
+        lines.append(f"{'Category':24s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}")
+        for cid in sorted(results["per_class"]):
+            r = results["per_class"][cid]
+            lines.append(f"{str(cats[cid]['name'])[:24]:24s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f}")
+        lines.append("-" * 51)
+    lines.append(f"{'':24s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}")
+    for name in ("All", "Things", "Stuff"):
+        r = results[name]
+        lines.append(f"{name:24s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f} {r['n']:5d}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SegmentTable",
+    "ImageStats",
+    "PQStat",
+    "pq_image",
+    "pq_average",
+    "pq_from_arrays",
+    "pq_compute",
+    "read_png_ids",
+    "format_table",
+    "PrnError",
+]

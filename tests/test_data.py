@@ -1,0 +1,167 @@
+"""The torch dataset over a store (prn_model.data): fields, `done` filtering, collate, sampler, workers."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prn_model.augment import AugmentConfig, GridMaskConfig
+from prn_model.data import StoreDataset, TrainSampler, collate, make_loader
+
+
+def build_tiny_store(out: Path, n: int = 6, split: str = "train") -> str:
+    """A real store built by prn_data.build: ``n`` synthetic scenes resized to a 64-pixel shorter side
+    (canvas 64×96), simulated base network, σ = 2. Shared with test_train.py."""
+    from prn_data.build import BuildConfig, build
+    from prn_data.resize import ResizePolicy
+    from prn_data.targets import TargetParams
+
+    result = build(
+        BuildConfig(
+            dataset=f"synthetic:{n}",
+            split=split,
+            base="simulated",
+            out=str(out),
+            scheduler="threads",
+            workers=1,
+            policy=ResizePolicy(short=64, max_long=96),
+            params=TargetParams(sigma=2.0),
+        )
+    )
+    assert result.ok, result.failures
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory) -> str:
+    return build_tiny_store(tmp_path_factory.mktemp("store") / "tiny.zarr")
+
+
+def test_fields_equal_the_store(store_url):
+    from prn_data.store import open_store
+
+    store = open_store(store_url)
+    ds = StoreDataset(store_url)
+    assert len(ds) == len(store) == 6
+    assert ds.canvas == (64, 96) and ds.num_classes == len(store.categories)
+    s = ds[2]
+    raw = store.read_sample(2, crop=False)
+    h, w = raw["size"]
+    assert s["index"] == 2 and tuple(s["size"]) == (h, w)
+    assert s["image"].dtype == np.uint8 and s["image"].shape == (3, 64, 96)
+    np.testing.assert_array_equal(s["image"], raw["image"])
+    np.testing.assert_array_equal(s["instance"], raw["base/instance"])
+    np.testing.assert_array_equal(s["base_semantic"], raw["base/semantic"])
+    for key in ("center", "center_offset", "box_offset", "semantic_weight", "center_weight", "offset_weight"):
+        np.testing.assert_array_equal(s[key], raw[f"gt/{key}"], err_msg=key)
+    np.testing.assert_array_equal(s["semantic"], raw["gt/semantic"])
+    np.testing.assert_array_equal(s["foreground"], raw["gt/foreground"])
+    # derived fields: foreground weight = not VOID; valid = the top-left (h, w)
+    np.testing.assert_array_equal(s["foreground_weight"], (raw["gt/panoptic"] != -1).astype(np.float32))
+    assert s["valid"].sum() == h * w and s["valid"][:h, :w].all()
+
+
+def test_only_done_samples(store_url, tmp_path):
+    from prn_data.store import open_store
+
+    copy = tmp_path / "partial.zarr"
+    shutil.copytree(store_url, copy)
+    st = open_store(str(copy), mode="r+")
+    st.array("done")[1] = False
+    st.array("done")[4] = False
+    ds = StoreDataset(str(copy))
+    assert len(ds) == 4
+    assert ds.indices.tolist() == [0, 2, 3, 5]
+    assert [int(ds[k]["index"]) for k in range(4)] == [0, 2, 3, 5]
+    # key = epoch · n + i: epoch 1 of the same i reads the same row
+    assert int(ds[4 + 1]["index"]) == 2
+
+
+def test_collate_gives_the_batch_contract(store_url):
+    ds = StoreDataset(store_url)
+    b = collate([ds[0], ds[3]])
+    want = {
+        "image": ((2, 3, 64, 96), torch.float32),
+        "instance": ((2, 7, 64, 96), torch.float32),
+        "base_semantic": ((2, ds.num_classes, 16, 24), torch.float32),
+        "semantic": ((2, 64, 96), torch.int64),
+        "center": ((2, 1, 64, 96), torch.float32),
+        "center_offset": ((2, 2, 64, 96), torch.float32),
+        "box_offset": ((2, 4, 64, 96), torch.float32),
+        "foreground": ((2, 64, 96), torch.int64),
+        "semantic_weight": ((2, 64, 96), torch.float32),
+        "center_weight": ((2, 64, 96), torch.float32),
+        "offset_weight": ((2, 64, 96), torch.float32),
+        "foreground_weight": ((2, 64, 96), torch.float32),
+        "valid": ((2, 64, 96), torch.bool),
+        "size": ((2, 2), torch.int64),
+        "index": ((2,), torch.int64),
+    }
+    assert set(b) == set(want)
+    for key, (shape, dtype) in want.items():
+        assert tuple(b[key].shape) == shape and b[key].dtype == dtype, key
+    assert b["index"].tolist() == [0, 3]
+    assert b["image"].max() <= 255 and b["image"].min() >= 0
+
+
+def test_no_open_store_crosses_a_pickle(store_url):
+    ds = StoreDataset(store_url)
+    assert ds._store is None  # metadata read, handle dropped
+    ds[0]
+    assert ds._store is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._store is None
+    np.testing.assert_array_equal(clone[1]["image"], ds[1]["image"])
+
+
+def test_sampler_shards_and_resumes():
+    s = TrainSampler(5, seed=3, rank=0, world_size=1)
+    first = list(_take(iter(s), 12))
+    perm0 = np.random.default_rng([3, 0]).permutation(5)
+    perm1 = np.random.default_rng([3, 1]).permutation(5)
+    perm2 = np.random.default_rng([3, 2]).permutation(5)
+    assert first == perm0.tolist() + (perm1 + 5).tolist() + (perm2[:2] + 10).tolist()
+    # starting at 7 continues the same stream
+    assert list(_take(iter(TrainSampler(5, seed=3, start=7)), 5)) == first[7:12]
+    # two ranks: 3 keys each per epoch (5 padded to 6 by wrapping), together covering all 5 samples
+    r0 = TrainSampler(5, seed=3, rank=0, world_size=2).epoch_keys(0).tolist()
+    r1 = TrainSampler(5, seed=3, rank=1, world_size=2).epoch_keys(0).tolist()
+    assert len(r0) == len(r1) == 3
+    assert r0 == [perm0[0], perm0[2], perm0[4]] and r1 == [perm0[1], perm0[3], perm0[0]]
+    assert set(r0) | set(r1) == set(range(5))
+
+
+def _take(it, n):
+    for _ in range(n):
+        yield next(it)
+
+
+def test_augmentation_is_keyed_by_sample_and_epoch(store_url):
+    cfg = AugmentConfig(flip=True, flip_prob=1.0, gridmask=GridMaskConfig(prob=1.0, d_min=8, d_max=16))
+    ds = StoreDataset(store_url, cfg, seed=5)
+    a, b = ds[7], ds[7]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    plain = StoreDataset(store_url)[1]
+    w = int(plain["size"][1])
+    # always flipped: dx negated inside the valid region
+    np.testing.assert_array_equal(a["center_offset"][1][:, :w], -plain["center_offset"][1][:, w - 1 :: -1])
+
+
+def test_workers_give_the_same_batches_as_the_main_process(store_url):
+    cfg = AugmentConfig(gridmask=GridMaskConfig(prob=0.5, d_min=8, d_max=16))
+    ds = StoreDataset(store_url, cfg, seed=1)
+    batches = []
+    for workers in (0, 2):
+        loader = make_loader(ds, 2, TrainSampler(len(ds), seed=1), num_workers=workers, mp_context="forkserver")
+        it = iter(loader)
+        batches.append([next(it) for _ in range(4)])
+        del it
+    for b0, b2 in zip(*batches):
+        for key in b0:
+            assert torch.equal(b0[key], b2[key]), key

@@ -1,0 +1,125 @@
+"""prn_data.show: the flow colour wheel, id / semantic colouring and the Fig.-4-style figure."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prn_data.records import Category, CategorySet
+from prn_data.show import (
+    base_semantic_labels,
+    colorize_ids,
+    draw_sample,
+    figure_size_px,
+    flow_to_rgb,
+    panel_boxes,
+)
+
+
+def test_flow_to_rgb_hand_values():
+    # (dy, dx) pairs, one per pixel of a 1×5 field, colour scale 4 px.
+    dy = np.array([[0.0, 0.0, 4.0, 0.0, 0.0]])
+    dx = np.array([[0.0, 4.0, 0.0, -2.0, 8.0]])
+    rgb = flow_to_rgb(np.stack([dy, dx]), max_norm=4.0)
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 5, 3)
+    assert rgb[0, 0].tolist() == [255, 255, 255]  # no offset: white
+    assert rgb[0, 1].tolist() == [255, 0, 0]  # +x at full length: hue 0, red
+    assert rgb[0, 2].tolist() == [128, 255, 0]  # +y (down): hue 1/4
+    assert rgb[0, 3].tolist() == [128, 255, 255]  # −x at half length: cyan, half saturated
+    assert rgb[0, 4].tolist() == [255, 0, 0]  # beyond the scale saturates
+
+
+def test_flow_to_rgb_default_scale_is_field_max():
+    off = np.zeros((2, 1, 2))
+    off[1, 0, 1] = 3.0  # dx = 3 at one pixel
+    rgb = flow_to_rgb(off)
+    assert rgb[0, 1].tolist() == [255, 0, 0]
+    assert rgb[0, 0].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError):
+        flow_to_rgb(np.zeros((3, 2, 2)))
+
+
+def test_colorize_ids_void_black_and_one_colour_per_id():
+    pan = np.array([[-1, 1000, 1000], [2001, 2002, 2001]], dtype=np.int32)
+    rgb = colorize_ids(pan)
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert rgb[0, 1].tolist() == rgb[0, 2].tolist()
+    assert rgb[1, 0].tolist() == rgb[1, 2].tolist()
+    colours = {tuple(rgb[0, 1]), tuple(rgb[1, 0]), tuple(rgb[1, 1])}
+    assert len(colours) == 3 and (0, 0, 0) not in colours
+
+
+def test_base_semantic_labels_upsamples_argmax_and_crops():
+    probs = np.zeros((3, 2, 2), dtype=np.float32)
+    probs[2, 0, 0] = 0.9
+    probs[1, 0, 1] = 0.6
+    probs[0, 1, 0] = 1.0  # cell (1, 1) stays all-zero → ignore
+    lab = base_semantic_labels(probs, (7, 6))
+    assert lab.shape == (7, 6) and lab.dtype == np.uint8
+    assert (lab[:4, :4] == 2).all() and (lab[:4, 4:] == 1).all()
+    assert (lab[4:, :4] == 0).all() and (lab[4:, 4:] == 255).all()
+
+
+def _synthetic_sample(h: int = 48, w: int = 64) -> dict:
+    rng = np.random.default_rng(0)
+    pan = np.full((h, w), 1000, np.int32)  # stuff category 1
+    pan[5:20, 5:30] = 2001
+    pan[25:45, 35:60] = 2002
+    pan[:3] = -1
+    fg = (pan >= 2000).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    off = np.zeros((2, h, w), np.float32)
+    box = np.zeros((4, h, w), np.float32)
+    center = np.zeros((1, h, w), np.float32)
+    for sid, (y0, y1, x0, x1) in {2001: (5, 19, 5, 29), 2002: (25, 44, 35, 59)}.items():
+        m = pan == sid
+        cy, cx = yy[m].mean(), xx[m].mean()
+        off[0][m], off[1][m] = cy - yy[m], cx - xx[m]
+        box[0][m], box[1][m], box[2][m], box[3][m] = yy[m] - y0, y1 - yy[m], xx[m] - x0, x1 - xx[m]
+        center[0] = np.maximum(center[0], np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 128))
+    base_pan = np.roll(pan, 3, axis=1)
+    inst = np.concatenate([np.roll(center, 3, axis=2), np.roll(off, 3, axis=2), np.roll(box, 3, axis=2)])
+    probs = rng.random((2, h // 4, w // 4)).astype(np.float32)
+    return {
+        "image": rng.integers(0, 256, (3, h, w), dtype=np.uint8),
+        "gt/semantic": np.where(pan < 0, 255, np.where(fg == 1, 1, 0)).astype(np.uint8),
+        "gt/panoptic": pan,
+        "gt/center": center,
+        "gt/center_offset": off,
+        "gt/box_offset": box,
+        "gt/foreground": fg,
+        "base/panoptic": base_pan,
+        "base/instance": inst,
+        "base/semantic": probs,
+    }
+
+
+def _cells(png: np.ndarray, dpi: int) -> list[np.ndarray]:
+    return [png[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in panel_boxes(dpi)]
+
+
+def test_draw_sample_png_size_and_distinct_panels(tmp_path):
+    cats = CategorySet([Category(1, "road", False, 0, (128, 64, 128)), Category(2, "car", True, 1, (0, 0, 142))])
+    out = draw_sample(_synthetic_sample(), tmp_path / "fig.png", cats, title="synthetic", dpi=50)
+    png = np.asarray(Image.open(out))
+    # 4 columns × 3 in × 50 dpi by 5 rows × 3 in × 50 dpi.
+    assert figure_size_px(50) == (600, 750)
+    assert png.shape[:2] == (750, 600)
+    cells = _cells(png, 50)
+    assert len(cells) == 20
+    for k, c in enumerate(cells):
+        assert c.std() > 1.0, f"panel {k} is blank"
+    for a, b in itertools.combinations(range(20), 2):
+        assert not np.array_equal(cells[a], cells[b]), f"panels {a} and {b} are identical"
+
+
+def test_draw_sample_without_base(tmp_path):
+    s = {k: v for k, v in _synthetic_sample().items() if not k.startswith("base/")}
+    out = draw_sample(s, tmp_path / "gt_only.png", None, dpi=40)
+    png = np.asarray(Image.open(out))
+    assert png.shape[:2] == (600, 480)
+    with pytest.raises(ValueError):
+        draw_sample({**s, "image": np.zeros((5, 5, 3), np.uint8)}, tmp_path / "bad.png")
