@@ -307,12 +307,14 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
     out = cfg.out or default_out(dataset.name, cfg.split, cfg.base)
     canvas = plan_canvas(dataset, n, cfg.policy)
 
-    existing = None
-    if not cfg.overwrite:
+    existing, overwrite = None, cfg.overwrite
+    if not overwrite:
         try:
             existing = open_store(out, mode="r+")
         except StoreError:
-            if _store_exists(out):
+            if _half_created(out):
+                overwrite = True  # killed while creating the arrays: nothing was built yet
+            elif _store_exists(out):
                 raise
     if existing is not None:
         _check_resume(existing, cfg, dataset, n, canvas, params)
@@ -321,7 +323,7 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
         store = create_store(out, n=n, canvas=canvas, categories=dataset.categories,
                              attrs=_store_attrs(cfg, dataset, params), has_base=cfg.base != "none",
                              shard_size=cfg.shard_size or DEFAULT_SHARD_SIZE, image_codec=cfg.image_codec,
-                             small_weight=params.small_instance_weight, overwrite=cfg.overwrite)
+                             small_weight=params.small_instance_weight, overwrite=overwrite)
 
     done = store.done
     S = store.shard_size
@@ -345,6 +347,13 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
     store.set_attrs(failures=failures, complete=bool(done.all()))
     store.consolidate()
     return BuildResult(out, n, built, skipped, failures, time.perf_counter() - t0)
+
+
+def _half_created(url: str) -> bool:
+    from .store import _is_local, _local_path, _looks_like_prn_store
+
+    return (_is_local(url) and _local_path(url).is_dir() and _looks_like_prn_store(_local_path(url), True)
+            and not _looks_like_prn_store(_local_path(url)))
 
 
 def _store_exists(url: str) -> bool:

@@ -78,9 +78,9 @@ def store_info(url: str) -> dict:
     """
     import zarr
 
-    from .store import open_store
+    from .share import open_for_reading
 
-    store = open_store(str(url), mode="r")
+    store = open_for_reading(str(url))
     group = store.group
     attrs = dict(store.attrs)
     summary: dict[str, Any] = {}

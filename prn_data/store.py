@@ -486,7 +486,7 @@ def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories
         import shutil
 
         path = _local_path(url)
-        if any(path.iterdir()) and not _looks_like_prn_store(path):
+        if any(path.iterdir()) and not _looks_like_prn_store(path, creating_too=True):
             raise StoreError(f"{url}: refusing to overwrite a folder that is not a prn store")
         shutil.rmtree(path)
         zstore = _zarr_store(url, "w")
@@ -500,18 +500,23 @@ def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories
         "num_classes": len(categories),
         "failures": [],
     }
-    group = zarr.create_group(zstore, zarr_format=3, overwrite=overwrite, attributes=root_attrs)
+    # prn_schema goes in last: a creation cut short leaves a group that is not (yet) a prn store
+    group = zarr.create_group(zstore, zarr_format=3, overwrite=overwrite, attributes={"prn_creating": True})
     for d in schema(canvas, len(categories), has_base, small_weight, image_codec):
         _create_array(group, d, n, shard_size)
+    group.attrs.put(root_attrs)
     return Store(url, group, zstore, "r+")
 
 
-def _looks_like_prn_store(path: Path) -> bool:
+def _looks_like_prn_store(path: Path, creating_too: bool = False) -> bool:
+    """True for a local prn store of any schema version (or, with ``creating_too``, one whose creation was
+    cut short)."""
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and "prn_schema" in (meta.get("attributes") or {})
+    attrs = (meta.get("attributes") or {}) if isinstance(meta, dict) else {}
+    return "prn_schema" in attrs or (creating_too and attrs.get("prn_creating") is True)
 
 
 def _create_array(group, d: ArrayDef, n: int, shard_size: int):

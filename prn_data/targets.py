@@ -164,10 +164,11 @@ def _index(panoptic: np.ndarray, segments: Sequence[Segment], source: str | None
         inv = table[uinv.reshape(h, w)]
     nb = n + 2
     # (row, segment) and (column, segment) histograms: areas, centers of mass and boxes in one pass each.
-    rows = np.bincount((inv + (np.arange(h, dtype=np.intp) * nb)[:, None]).ravel(), minlength=h * nb)
-    rows = rows.reshape(h, nb)
-    cols = np.bincount((inv + (np.arange(w, dtype=np.intp) * nb)[None, :]).ravel(), minlength=w * nb)
-    cols = cols.reshape(w, nb)
+    key = np.add(inv, (np.arange(h, dtype=np.intp) * nb)[:, None])
+    rows = np.bincount(key.ravel(), minlength=h * nb).reshape(h, nb)
+    np.add(inv, (np.arange(w, dtype=np.intp) * nb)[None, :], out=key)
+    cols = np.bincount(key.ravel(), minlength=w * nb).reshape(w, nb)
+    del key
     if rows[:, unknown].any():
         missing = np.unique(panoptic[inv == unknown])
         raise _bad(source, f"panoptic ids {missing[:20].tolist()} have no segment in the segment list")
@@ -245,10 +246,16 @@ def _encode(idx: _Index, instance: np.ndarray, sigma: float, scores: np.ndarray 
             out[c] -= coord
 
 
-def _score_table(segments: Sequence[Segment], scores: Mapping[int, float] | None) -> np.ndarray | None:
+def _score_table(
+    segments: Sequence[Segment], scores: Mapping[int, float] | None, source: str | None
+) -> np.ndarray | None:
     if scores is None:
         return None
-    return np.array([1.0] + [float(scores.get(int(s.id), 1.0)) for s in segments], dtype=np.float64)
+    table = np.array([1.0] + [float(scores.get(int(s.id), 1.0)) for s in segments], dtype=np.float64)
+    if not (np.isfinite(table).all() and (table >= 0).all()):
+        bad = [s.id for s, v in zip(segments, table[1:]) if not (np.isfinite(v) and v >= 0)]
+        raise _bad(source, f"segments {bad[:20]} have scores that are negative or not finite")
+    return table
 
 
 def encode_instances(
@@ -276,17 +283,22 @@ def encode_instances(
     Returns:
         ``center (1, H, W) float32`` (max-merged Gaussians), ``center_offset (2, H, W) float32`` (dy, dx)
         in pixels, ``box_offset (4, H, W) float32`` (top, bottom, left, right) in pixels, and
-        ``offset_weight (H, W) float32`` (1 on non-crowd thing pixels, else 0).
+        ``offset_weight (H, W) float32`` (1 on non-crowd thing pixels, else 0). The four are views of
+        one ``(8, H, W)`` allocation, in this channel order.
 
     Raises:
-        DatasetError: malformed map, negative or duplicate segment ids, ids without a segment.
+        DatasetError: malformed map, negative or duplicate segment ids, ids without a segment, a score
+            that is negative or not finite.
+        ValueError: ``sigma`` is not a positive number.
     """
+    if not (sigma > 0 and np.isfinite(sigma)):
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
     panoptic = _check_panoptic(panoptic, source)
     idx = _index(panoptic, segments, source)
     inst = np.array([False] + [bool(s.isthing) and not bool(s.iscrowd) for s in segments])
     h, w = panoptic.shape
     maps, _, _ = _arena(h, w, 8)
-    _encode(idx, inst, float(sigma), _score_table(segments, scores), maps)
+    _encode(idx, inst, float(sigma), _score_table(segments, scores, source), maps)
     return maps[0:1], maps[1:3], maps[3:7], maps[7]
 
 
@@ -319,7 +331,8 @@ def compute_targets(
         - ``center_weight (H, W) float32``: 1 on every non-crowd, non-VOID pixel (stuff included).
         - ``offset_weight (H, W) float32``: 1 on non-crowd thing pixels.
         - ``panoptic (H, W) int32``: a copy of the input.
-        The foreground loss weight is ``panoptic != -1`` and is not returned.
+        The foreground loss weight is ``panoptic != -1`` and is not returned. The maps are views of one
+        allocation (see :func:`_arena` for why).
 
     Raises:
         DatasetError: malformed map, bad train ids, negative or duplicate segment ids, ids without a

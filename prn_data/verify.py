@@ -178,9 +178,9 @@ def verify_store(
 ) -> VerifyReport:
     """Verify the store at ``url`` (levels 1–3 above). Raises :class:`~prn_data.errors.StoreError` only
     when it cannot be opened as a prn store at all; everything else is collected in the report."""
-    from .store import open_store
+    from .share import open_for_reading
 
-    store = open_store(str(url), mode="r")
+    store = open_for_reading(str(url))
     report = VerifyReport(url=str(url), n_samples=len(store))
     report.problems += check_schema(store)
     if report.problems:

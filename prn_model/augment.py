@@ -76,35 +76,45 @@ class AugmentConfig:
     crop: tuple[int, int] | None = None
 
 
+def _mirror(a: np.ndarray, w: int, channels: list[int] | None = None, negate: tuple[int, ...] = ()) -> np.ndarray:
+    """A new array: columns ``[0, w)`` of ``a`` mirrored (channel ``k`` of the result taken from channel
+    ``channels[k]``, negated for ``k`` in ``negate``), columns ``[w, W)`` copied. One pass over the data."""
+    out = np.empty_like(a)
+    out[..., w:] = a[..., w:]
+    if channels is None:
+        out[..., :w] = a[..., w - 1 :: -1] if w > 0 else a[..., :0]
+        return out
+    for k, src in enumerate(channels):
+        if w == 0:
+            break
+        if k in negate:
+            np.negative(a[src, ..., w - 1 :: -1], out=out[k, ..., :w])
+        else:
+            out[k, ..., :w] = a[src, ..., w - 1 :: -1]
+    return out
+
+
 def hflip(sample: dict) -> dict:
     """Mirror a sample horizontally inside its valid region (x → w-1-x; padding stays on the right).
 
     The center offsets' dx and the instance input's dx are negated; left and right box offsets swap
     (left' = x' - x0' = x1 - x = right). Quarter-resolution maps mirror their first ⌈w/4⌉ columns, exact
-    when ``w`` is a multiple of 4 and within 3 pixels otherwise. Arrays are modified in place and returned.
+    when ``w`` is a multiple of 4 and within 3 pixels otherwise. Returns the dict with new arrays.
     """
     w = int(sample["size"][1])
     wq = -(-w // 4)
+    special = {
+        "center_offset": ([0, 1], (1,)),  # dy, dx
+        "box_offset": ([0, 1, 3, 2], ()),  # top, bottom, left ↔ right
+        "instance": ([0, 1, 2, 3, 4, _INSTANCE_RIGHT, _INSTANCE_LEFT], (_INSTANCE_DX,)),
+    }
     for key in FULL_RES_KEYS:
         if key in sample:
-            a = sample[key]
-            a[..., :w] = a[..., w - 1 :: -1] if w > 0 else a[..., :0]
+            channels, negate = special.get(key, (None, ()))
+            sample[key] = _mirror(sample[key], w, channels, negate)
     for key in QUARTER_RES_KEYS:
         if key in sample:
-            a = sample[key]
-            a[..., :wq] = a[..., wq - 1 :: -1] if wq > 0 else a[..., :0]
-    if "center_offset" in sample:
-        sample["center_offset"][1] *= -1
-    if "box_offset" in sample:
-        sample["box_offset"][[2, 3]] = sample["box_offset"][[3, 2]]
-    if "instance" in sample:
-        inst = sample["instance"]
-        inst[_INSTANCE_DX] *= -1
-        inst[[_INSTANCE_LEFT, _INSTANCE_RIGHT]] = inst[[_INSTANCE_RIGHT, _INSTANCE_LEFT]]
-    # Negating an exact 0 gives -0.0; normalise so flipped maps compare bit-equal to recomputed ones.
-    for key in ("center_offset", "instance"):
-        if key in sample:
-            sample[key] += 0.0
+            sample[key] = _mirror(sample[key], wq)
     return sample
 
 

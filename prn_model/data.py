@@ -97,34 +97,39 @@ def _chw(a: np.ndarray, channels: int) -> np.ndarray:
 def sample_from_store(raw: dict, index: int) -> dict:
     """Convert one ``Store.read_sample(i, crop=False)`` dict into the per-sample Batch fields.
 
-    The foreground weight is derived (``gt/panoptic != -1``, DESIGN §3); every weight is zeroed outside
-    the valid region so padding never counts, whatever the store holds there.
+    The foreground weight is derived (``gt/panoptic != -1``, DESIGN §3); every weight is zeroed and the
+    semantic label set to 255 outside the valid region, so padding never counts whatever the store holds
+    there. The decoded arrays are taken over, not copied (the store decodes fresh arrays per read).
     """
-    image = np.asarray(raw["image"])
+    image = np.asarray(raw["image"], dtype=np.uint8)
     H, W = image.shape[-2:]
     h, w = (int(v) for v in np.asarray(raw["size"]).reshape(2))
     valid = np.zeros((H, W), dtype=bool)
     valid[:h, :w] = True
     s = {
-        "image": np.array(image, dtype=np.uint8),
-        "instance": np.array(raw["base/instance"], dtype=np.float32),
-        "base_semantic": np.array(raw["base/semantic"], dtype=np.float32),
-        "semantic": np.array(raw["gt/semantic"], dtype=np.uint8).reshape(H, W),
-        "center": np.array(_chw(np.asarray(raw["gt/center"]), 1), dtype=np.float32),
-        "center_offset": np.array(raw["gt/center_offset"], dtype=np.float32),
-        "box_offset": np.array(raw["gt/box_offset"], dtype=np.float32),
-        "foreground": np.array(raw["gt/foreground"], dtype=np.uint8).reshape(H, W),
-        "semantic_weight": np.array(raw["gt/semantic_weight"], dtype=np.float32).reshape(H, W),
-        "center_weight": np.array(raw["gt/center_weight"], dtype=np.float32).reshape(H, W),
-        "offset_weight": np.array(raw["gt/offset_weight"], dtype=np.float32).reshape(H, W),
+        "image": image,
+        "instance": np.asarray(raw["base/instance"], dtype=np.float32),
+        "base_semantic": np.asarray(raw["base/semantic"], dtype=np.float32),
+        "semantic": np.asarray(raw["gt/semantic"], dtype=np.uint8).reshape(H, W),
+        "center": np.asarray(_chw(np.asarray(raw["gt/center"]), 1), dtype=np.float32),
+        "center_offset": np.asarray(raw["gt/center_offset"], dtype=np.float32),
+        "box_offset": np.asarray(raw["gt/box_offset"], dtype=np.float32),
+        "foreground": np.asarray(raw["gt/foreground"], dtype=np.uint8).reshape(H, W),
+        "semantic_weight": np.asarray(raw["gt/semantic_weight"], dtype=np.float32).reshape(H, W),
+        "center_weight": np.asarray(raw["gt/center_weight"], dtype=np.float32).reshape(H, W),
+        "offset_weight": np.asarray(raw["gt/offset_weight"], dtype=np.float32).reshape(H, W),
         "foreground_weight": (np.asarray(raw["gt/panoptic"]).reshape(H, W) != -1).astype(np.float32),
         "valid": valid,
         "size": np.array([h, w], dtype=np.int64),
         "index": np.int64(index),
     }
-    for key in _WEIGHT_KEYS:
-        s[key] *= valid
-    s["semantic"][~valid] = 255
+    for key in _WEIGHT_KEYS + ("semantic",):
+        a = s[key]
+        if not a.flags.writeable:
+            a = s[key] = a.copy()
+        fill = 255 if key == "semantic" else 0
+        a[h:, :] = fill
+        a[:h, w:] = fill
     return s
 
 
@@ -230,18 +235,29 @@ class TrainSampler(Sampler[int]):
             epoch, offset = epoch + 1, 0
 
 
+def _dtype(key: str) -> torch.dtype:
+    if key in _FLOAT_KEYS or key in _WEIGHT_KEYS:
+        return torch.float32
+    if key == "valid":
+        return torch.bool
+    return torch.int64
+
+
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack per-sample fields into the Batch (dtypes as in the module docstring)."""
+    """Stack per-sample fields into the Batch (dtypes as in the module docstring).
+
+    Inside a DataLoader worker the batch is written straight into shared memory (as torch's default
+    collate does), so handing it to the main process costs no further copy.
+    """
+    in_worker = torch.utils.data.get_worker_info() is not None
     out: dict[str, torch.Tensor] = {}
     for key in BATCH_KEYS:
-        arr = np.stack([np.asarray(s[key]) for s in samples])
-        t = torch.from_numpy(arr)
-        if key in _FLOAT_KEYS or key in _WEIGHT_KEYS:
-            t = t.float()
-        elif key in ("semantic", "foreground", "size", "index"):
-            t = t.long()
-        elif key == "valid":
-            t = t.bool()
+        first = np.asarray(samples[0][key])
+        t = torch.empty((len(samples),) + first.shape, dtype=_dtype(key))
+        if in_worker:
+            t.share_memory_()
+        for i, s in enumerate(samples):
+            t[i] = torch.as_tensor(np.asarray(s[key]))
         out[key] = t
     return out
 

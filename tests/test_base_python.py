@@ -154,3 +154,14 @@ def test_python_base_lands_in_the_store(model_module, tmp_path, coco_sample):
     assert np.abs(got["base/semantic"] - expect["semantic"]).max() <= 0.5 / 1024 + 1e-6
     sky = ds.categories.by_id(187).train_id
     assert got["base/semantic"][sky].max() > 0.99
+
+
+def test_device_choice(monkeypatch):
+    import torch
+
+    from prn_data.base.python import pick_device
+
+    monkeypatch.setenv("PRN_DEVICE", "cpu")
+    assert pick_device() == "cpu"
+    monkeypatch.delenv("PRN_DEVICE")
+    assert pick_device() == ("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -14,9 +14,9 @@ from prn_model.augment import AugmentConfig, GridMaskConfig
 from prn_model.data import StoreDataset, TrainSampler, collate, make_loader
 
 
-def build_tiny_store(out: Path, n: int = 6, split: str = "train") -> str:
-    """A real store built by prn_data.build: ``n`` synthetic scenes resized to a 64-pixel shorter side
-    (canvas 64×96), simulated base network, σ = 2. Shared with test_train.py."""
+def build_tiny_store(out: Path, n: int = 6, split: str = "train", short: int = 64, max_long: int = 96) -> str:
+    """A real store built by prn_data.build: ``n`` synthetic scenes resized to a ``short``-pixel shorter side
+    (canvas 64×96 by default), simulated base network, σ = 2. Shared with test_train.py."""
     from prn_data.build import BuildConfig, build
     from prn_data.resize import ResizePolicy
     from prn_data.targets import TargetParams
@@ -29,7 +29,7 @@ def build_tiny_store(out: Path, n: int = 6, split: str = "train") -> str:
             out=str(out),
             scheduler="threads",
             workers=1,
-            policy=ResizePolicy(short=64, max_long=96),
+            policy=ResizePolicy(short=short, max_long=max_long),
             params=TargetParams(sigma=2.0),
         )
     )

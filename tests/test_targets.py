@@ -327,3 +327,12 @@ def test_bad_input_names_the_source(pan, segs, problem):
     with pytest.raises(DatasetError, match=problem) as err:
         compute_targets(pan, segs, source="x/000001.png")
     assert str(err.value).startswith("x/000001.png: ")
+
+
+def test_bad_scores_and_sigma():
+    with pytest.raises(DatasetError, match=r"segments \[1001\] have scores"):
+        encode_instances(PAN, SEGMENTS, 1.0, {A: -0.5}, source="pred/1.png")
+    with pytest.raises(DatasetError, match="not finite"):
+        encode_instances(PAN, SEGMENTS, 1.0, {A: float("nan")})
+    with pytest.raises(ValueError, match="sigma"):
+        encode_instances(PAN, SEGMENTS, 0.0)

@@ -131,23 +131,6 @@ def open_base(spec: str, categories, *, allow_missing: bool = False) -> BaseNetw
     return SimulatedBase.from_spec(spec, rest, cats)
 
 
-def check_prediction(pred: BasePrediction, num_classes: int, where: str) -> None:
-    """Validate a prediction's arrays; raise :class:`BaseNetworkError` naming ``where`` (image / file).
-
-    Checks: ``panoptic`` 2-D integer; every segment id present in it; ``probs`` ``(num_classes, h', w')``
-    finite and non-negative.
-    """
-    pan = pred.panoptic
-    if pan.ndim != 2 or not np.issubdtype(pan.dtype, np.integer):
-        raise BaseNetworkError(f"{where}: panoptic map must be a 2-D integer array, got {pan.dtype} {pan.shape}")
-    present = set(np.unique(pan).tolist())
-    for s in pred.segments:
-        if s.id not in present:
-            raise BaseNetworkError(f"{where}: segment {s.id} (category {s.category_id}) is absent from the panoptic map")
-    if pred.probs is not None:
-        check_probs(pred.probs, num_classes, where)
-
-
 def check_probs(probs: np.ndarray, num_classes: int, where: str) -> None:
     """Raise :class:`BaseNetworkError` unless ``probs`` is ``(num_classes, h, w)``, finite, non-negative."""
     if probs.ndim != 3 or probs.shape[0] != num_classes:
@@ -218,5 +201,5 @@ def renumber(ids: np.ndarray, segments: Sequence[dict], categories: CategorySet,
     return pan, refresh_segments(pan, list(out.values()))
 
 
-__all__ = ["BasePrediction", "BaseNetwork", "open_base", "parse_options", "split_spec", "check_prediction",
-           "check_probs", "renumber", "BASE_KINDS"]
+__all__ = ["BasePrediction", "BaseNetwork", "open_base", "parse_options", "split_spec", "check_probs", "renumber",
+           "BASE_KINDS"]

@@ -130,10 +130,10 @@ class CocoResultsBase:
                 continue
             cid = int(a.get("category_id", -1))
             if cid not in self.categories or not self.categories.by_id(cid).isthing:
-                raise BaseNetworkError(f"{where}: instance of category {cid}, which is not a thing class of the dataset")
+                raise BaseNetworkError(f"{where}: instance of category {cid}, not a thing class of the dataset")
             rle = a.get("segmentation")
             if not isinstance(rle, dict) or "counts" not in rle:
-                raise BaseNetworkError(f"{where}: instance segmentation must be an RLE dict (polygons are not supported)")
+                raise BaseNetworkError(f"{where}: instance segmentation must be an RLE dict (no polygons)")
             if [int(v) for v in rle["size"]] != list(size):
                 raise BaseNetworkError(f"{where}: RLE size {rle['size']} differs from the image's {list(size)}")
             counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]

@@ -93,7 +93,8 @@ class FilesBase:
                 return BasePrediction.empty(orig, str(sample.image_id))
             raise BaseNetworkError(str(exc)) from None
         if ids.shape != orig:
-            raise BaseNetworkError(f"{where}: prediction is {ids.shape[0]}×{ids.shape[1]}, image is {orig[0]}×{orig[1]}")
+            raise BaseNetworkError(f"{where}: prediction is {ids.shape[0]}×{ids.shape[1]}, "
+                                   f"image is {orig[0]}×{orig[1]}")
         pan, segments = renumber(ids, ann.get("segments_info", []), self.categories, where)
         probs = None
         npz = png.with_suffix(".npz")
@@ -102,7 +103,8 @@ class FilesBase:
                 with np.load(npz) as f:
                     probs = np.asarray(f["probs"], dtype=np.float32)
             except (KeyError, ValueError, OSError) as exc:
-                raise BaseNetworkError(f"{npz}: unreadable probability file, expected an array 'probs' ({exc})") from None
+                raise BaseNetworkError(f"{npz}: unreadable probability file, expected an array 'probs' "
+                                       f"({exc})") from None
             check_probs(probs, len(self.categories), f"{npz} (image {sample.image_id})")
         return BasePrediction(pan, segments, probs, str(sample.image_id))
 

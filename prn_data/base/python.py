@@ -73,7 +73,8 @@ class PythonBase:
             raise BaseNetworkError(f"base spec {spec!r}: expected python:module:factory")
         opts = parse_options(options, spec)
         if set(opts) - {"batch"}:
-            raise BaseNetworkError(f"base spec {spec!r}: unknown option(s) {sorted(set(opts) - {'batch'})} (known: batch)")
+            raise BaseNetworkError(f"base spec {spec!r}: unknown option(s) {sorted(set(opts) - {'batch'})} "
+                                   "(known: batch)")
         try:
             batch = int(opts.get("batch", 4))
         except ValueError:
@@ -88,7 +89,8 @@ class PythonBase:
             try:
                 mod = importlib.import_module(self.module)
             except Exception as exc:  # any import-time failure of user code is the user's module's fault
-                raise BaseNetworkError(f"{self.spec}: cannot import module {self.module!r} ({type(exc).__name__}: {exc})") from None
+                raise BaseNetworkError(f"{self.spec}: cannot import module {self.module!r} "
+                                       f"({type(exc).__name__}: {exc})") from None
             fn = getattr(mod, self.factory, None)
             if not callable(fn):
                 raise BaseNetworkError(f"{self.spec}: module {self.module!r} has no callable {self.factory!r}")
@@ -126,8 +128,8 @@ class PythonBase:
         import torch
 
         model, ids, device = self.load()
-        images = [torch.from_numpy(np.require(s.image, requirements=("C", "W"))).permute(2, 0, 1).to(device, torch.float32)
-                  for s in samples]
+        images = [torch.from_numpy(np.require(s.image, requirements=("C", "W"))).permute(2, 0, 1)
+                  .to(device, torch.float32) for s in samples]
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:

@@ -23,7 +23,8 @@ stores can be built, PRN trained and measured without downloadable weights:
 Randomness comes only from ``(seed, image_id)`` (a SeedSequence over a BLAKE2 hash of the image id), so a
 sample's prediction never depends on which other samples are built, or in what order.
 
-Spec: ``simulated[:miss=0.1,spurious=0.05,confuse=0.05,seed=0,mask=28,stride=4,jitter=0.08,confidence=0.9,blur=1,overlap=0.5]``.
+Spec (defaults shown): ``simulated:miss=0.1,spurious=0.05,confuse=0.05,seed=0,mask=28,stride=4,jitter=0.08,``
+``confidence=0.9,blur=1,overlap=0.5``; any subset may be given, ``simulated`` alone uses the defaults.
 """
 
 from __future__ import annotations
@@ -251,22 +252,23 @@ class SimulatedBase:
         from scipy import ndimage
 
         n = len(cats)
-        onehot = np.zeros((n,) + qsize, dtype=np.float32)
-        valid = sem_q != IGNORE_LABEL
-        ys, xs = np.nonzero(valid)
-        onehot[sem_q[valid].astype(np.int64), ys, xs] = 1.0
-        if p.blur > 0:
-            onehot = ndimage.gaussian_filter(onehot, sigma=(0, p.blur, p.blur), mode="nearest")
-        gain = np.log(p.confidence * max(n - 1, 1) / (1.0 - p.confidence)) if n > 1 else 0.0
-        logits = np.float32(gain) * onehot
-        logits -= logits.max(axis=0, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=0, keepdims=True)
+        gain = np.float32(np.log(p.confidence * max(n - 1, 1) / (1.0 - p.confidence)) if n > 1 else 0.0)
+        present = np.unique(sem_q[sem_q != IGNORE_LABEL]).astype(np.int64)
+        # Only present classes have a nonzero (blurred) one-hot; every other class has logit 0, so it
+        # shares the value 1 / Z and is filled without being blurred or exponentiated.
+        hot = (sem_q[None] == present[:, None, None]).astype(np.float32)
+        if p.blur > 0 and len(present):
+            hot = ndimage.gaussian_filter(hot, sigma=(0, p.blur, p.blur), mode="nearest")
+        e = np.exp(gain * hot)
+        z = e.sum(axis=0) + np.float32(n - len(present))
+        probs = np.empty((n,) + qsize, dtype=np.float32)
+        probs[:] = 1.0 / z
+        probs[present] = e / z
 
         meta = {"gt_instances": len(gt_things), "missed": n_missed, "spurious": n_spurious,
                 "dropped_overlap": n_overlap, "spurious_ids": spurious_ids,
                 "confused": sorted(k for k, v in confused.items() if v)}
-        return BasePrediction(pan, segments, probs.astype(np.float32), str(sample.image_id), meta)
+        return BasePrediction(pan, segments, probs, str(sample.image_id), meta)
 
     def _roi_mask(self, panoptic: np.ndarray, seg_id: int, box: tuple[float, float, float, float]) -> np.ndarray:
         # Work on a crop around the box so the cost scales with the instance, not the image.

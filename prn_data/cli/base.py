@@ -13,10 +13,12 @@ from .app import base_app, progress
 def export(
     dataset: str = typer.Argument(..., help="Dataset spec: coco:PATH, cityscapes:PATH or synthetic[:N]."),
     split: str = typer.Option(..., "--split", help="Dataset split, e.g. val2017 or val."),
-    base: str = typer.Option(..., "--base", help="Base spec: files:DIR, coco-results:JSON,DIR, python:mod:fn, simulated[:k=v,...]."),
+    base: str = typer.Option(..., "--base", help="Base spec: files:DIR, coco-results:JSON,DIR, python:mod:fn, "
+                                                     "simulated[:k=v,...]."),
     out: Path = typer.Option(..., "--out", help="Output directory (PNG + predictions.json + npz probabilities)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Export only the first N images."),
-    allow_missing: bool = typer.Option(False, "--allow-missing", help="Record an empty prediction for images the base has none for."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Record an empty prediction for images the base has "
+                                                                      "none for."),
     batch: int = typer.Option(4, "--batch", min=1, help="Images per base-network call."),
 ) -> None:
     """Write any base network's predictions as COCO panoptic PNG + JSON, so `files:OUT` reads them back

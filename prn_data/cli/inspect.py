@@ -62,11 +62,11 @@ def show(
 ) -> None:
     """Draw one sample like the paper's Fig. 4: image, semantic, panoptic, centers, offsets, boxes, foreground."""
     from ..show import draw_sample
-    from ..store import open_store
+    from ..share import open_for_reading
 
     if (index is None) == (by_id is None):
         raise StoreError("give exactly one of INDEX or --by-id IMAGE_ID")
-    st = open_store(store, mode="r")
+    st = open_for_reading(store)
     i = _index_by_id(st, by_id) if by_id is not None else int(index)
     if not 0 <= i < len(st):
         raise StoreError(f"{store}: sample {i} out of range 0..{len(st) - 1}")
@@ -91,9 +91,9 @@ def stats(
     from rich.table import Table
 
     from ..stats import store_stats
-    from ..store import open_store
+    from ..share import open_for_reading
 
-    st = open_store(store, mode="r")
+    st = open_for_reading(store)
     with progress(transient=True) as bar:
         res = store_stats(st, _bar_callback(bar, "stats"))
     if as_json:

@@ -1,0 +1,80 @@
+"""A build killed mid-way (SIGKILL) resumes to exactly the store an uninterrupted build gives (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prn_data.build import BuildConfig, build
+from prn_data.errors import StoreError
+from prn_data.resize import ResizePolicy
+from prn_data.store import open_store
+
+N = 16
+PRN = Path(sys.executable).with_name("prn")
+
+
+@pytest.fixture()
+def scenes(tmp_path) -> Path:
+    from prn_data.datasets.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "scenes", "train", N)
+    return tmp_path / "scenes"
+
+
+def _done_and_valid(url: Path) -> np.ndarray | None:
+    """``done`` of a store being written, after checking that every done sample is complete (its stored
+    values match the checksum written with it). None while the store does not exist yet."""
+    try:
+        st = open_store(url)
+    except StoreError:
+        return None
+    done = st.done
+    for i in np.flatnonzero(done):
+        assert st.verify_sample(int(i)), f"sample {i} is done but incomplete"
+    return done
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, scenes):
+    out = tmp_path / "killed.zarr"
+    cmd = [str(PRN), "build", f"coco:{scenes}", "--split", "train", "--base", "simulated", "--out", str(out),
+           "--scheduler", "threads", "--workers", "1", "--shard-size", "2", "--short", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seen_partial = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = _done_and_valid(out)
+            if done is not None and 4 <= done.sum() < N:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole build, as an OOM kill or a lost node would
+                seen_partial = int(done.sum())
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert seen_partial is not None, "the build finished before it could be killed"
+    done = _done_and_valid(out)
+    assert seen_partial <= done.sum() < N  # still incomplete, and nothing done was lost
+
+    kw = dict(dataset=f"coco:{scenes}", split="train", base="simulated", scheduler="threads", workers=1,
+              shard_size=2, policy=ResizePolicy(short=0))
+    resumed = build(BuildConfig(out=str(out), **kw))
+    assert resumed.ok and resumed.skipped == int(done.sum()) and resumed.built == N - int(done.sum())
+    clean = build(BuildConfig(out=str(tmp_path / "clean.zarr"), **kw))
+    assert clean.ok and clean.built == N
+
+    a, b = open_store(out), open_store(tmp_path / "clean.zarr")
+    assert a.done.all() and b.done.all()
+    for path in a.defs:
+        np.testing.assert_array_equal(a.array(path)[:], b.array(path)[:], err_msg=path)
+    for key in ("canvas", "categories", "resize_policy", "target_params", "dataset", "n_samples", "base"):
+        assert a.attrs[key] == b.attrs[key], key

@@ -1,0 +1,152 @@
+"""`prn pq` and `prn evaluate` (prn_model.evaluate, prn_data/cli/evaluate.py): the command-line forms, the
+choice of ground truth, and an end-to-end run on a tiny synthetic store with a checkpoint from a few
+training steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from prn_data.cli import app
+from prn_model.pq import pq_compute, pq_from_arrays
+from test_pq import perturb
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def perturbed(coco_sample, tmp_path_factory):
+    gt_json = coco_sample / "annotations" / "panoptic_val2017.json"
+    gt_dir = coco_sample / "annotations" / "panoptic_val2017"
+    tmp = tmp_path_factory.mktemp("pq")
+    pred_json = perturb(json.loads(gt_json.read_text()), gt_dir, tmp, seed=5)
+    return gt_json, gt_dir, pred_json, tmp / "pred"
+
+
+def test_prn_pq_json_is_pq_computes_form(perturbed):
+    gt_json, gt_dir, pred_json, pred_dir = perturbed
+    r = runner.invoke(app, ["pq", str(gt_json), str(gt_dir), str(pred_json), str(pred_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    ref = pq_compute(gt_json, gt_dir, pred_json, pred_dir, workers=1)
+    for k in ("All", "Things", "Stuff"):
+        assert set(got[k]) == {"pq", "sq", "rq", "n"}
+        assert got[k] == pytest.approx(ref[k], abs=1e-12)
+    assert {int(c) for c in got["per_class"]} == set(ref["per_class"])
+    assert 0 < got["All"]["pq"] < 1
+
+
+def test_prn_pq_table(perturbed):
+    gt_json, gt_dir, pred_json, pred_dir = perturbed
+    r = runner.invoke(app, ["pq", str(gt_json), str(gt_dir), str(pred_json), str(pred_dir), "--per-class"])
+    assert r.exit_code == 0, r.output
+    ref = pq_compute(gt_json, gt_dir, pred_json, pred_dir)
+    lines = r.stdout.splitlines()
+    all_row = next(line for line in lines if line.startswith("All "))
+    pq_, sq, rq, n = all_row.split("|")[1].split()
+    assert float(pq_) == round(100 * ref["All"]["pq"], 1) and int(n) == ref["All"]["n"]
+    assert any(line.startswith("person ") for line in lines)
+
+
+def test_prn_pq_bad_input_is_one_line_exit_2(perturbed, tmp_path):
+    gt_json, gt_dir, pred_json, _ = perturbed
+    cmd = [sys.executable, "-c", "from prn_data.cli import main; main()", "pq", str(gt_json), str(gt_dir), str(pred_json), str(tmp_path / "nope")]
+    env = dict(os.environ, COLUMNS="500")  # rich wraps the message at the terminal width otherwise
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2
+    assert "nope: PNG folder does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+# --- prn evaluate ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny synthetic store and a checkpoint after 3 training steps."""
+    from prn_model.train import train
+    from test_data import build_tiny_store
+    from test_train import tiny_config
+
+    tmp = tmp_path_factory.mktemp("evaluate")
+    store = build_tiny_store(tmp / "val.zarr", n=3, split="val", short=64, max_long=96)
+    train(tiny_config(store, tmp / "run", iters=3), show_progress=False)
+    return store, tmp / "run" / "model.pt"
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end(trained, tmp_path):
+    store, ckpt = trained
+    out = tmp_path / "eval"
+    r = runner.invoke(app, ["evaluate", "--store", store, "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", "--batch", "2"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["scored"] == "original" and res["images"] == 3
+    for who in ("base", "prn"):
+        assert {"All", "Things", "Stuff", "per_class"} <= set(res[who])
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("scored at original size")
+    base_row = next(line for line in lines if line.startswith("base"))
+    prn_row = next(line for line in lines if line.startswith("PRN"))
+    diff_row = next(line for line in lines if line.startswith("diff"))
+    b, p, d = (np.array(row.split()[1:], float) for row in (base_row, prn_row, diff_row))
+    assert b[0] == pytest.approx(100 * res["base"]["All"]["pq"], abs=0.006)
+    assert p[3] == pytest.approx(100 * res["prn"]["Things"]["pq"], abs=0.006)
+    np.testing.assert_allclose(d, p - b, atol=0.011)
+
+    # The written predictions are COCO panoptic files that score the same again against the dataset's own
+    # ground truth (recorded in the store).
+    from prn_data.store import open_store
+
+    g = open_store(store).attrs["dataset"]["gt"]
+    for who in ("base", "prn"):
+        again = pq_compute(g["json"], g["png_dir"], out / who / "panoptic.json", out / who / "panoptic")
+        assert again["All"] == pytest.approx(res[who]["All"], abs=1e-12)
+
+    # --base-only gives the same base figures without a checkpoint.
+    r = runner.invoke(app, ["evaluate", "--store", store, "--base-only", "--json"])
+    assert r.exit_code == 0, r.output
+    only = json.loads(r.stdout)
+    assert "prn" not in only and only["base"]["All"] == pytest.approx(res["base"]["All"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_evaluate_falls_back_to_the_store_gt(trained, tmp_path):
+    from prn_data.store import open_store
+    from prn_model.evaluate import evaluate_store, evaluate_model
+    from prn_model.train import load_checkpoint
+
+    store, ckpt = trained
+    copy = tmp_path / "nogt.zarr"
+    shutil.copytree(store, copy)
+    open_store(copy, "r+").set_attrs(dataset={})
+    res = evaluate_store(str(copy), ckpt, device="cpu")
+    assert res["scored"] == "store" and "store resolution" in res["ground_truth"]
+    # base at store resolution: the store's own gt/ against its base/, scored directly
+    s = open_store(copy)
+    items = []
+    for i in range(len(s)):
+        x = s.read_sample(i)
+        items.append((x["gt/panoptic"], x["gt/segments"], x["base/panoptic"], x["base/segments"]))
+    ref = pq_from_arrays(items, s.categories)
+    assert res["base"]["All"] == pytest.approx(ref["All"], abs=1e-12)
+    # the trainer's validation hook: PRN at store resolution, in percent
+    model, _ = load_checkpoint(ckpt, "cpu")
+    v = evaluate_model(model, str(copy), device="cpu")
+    assert v["pq"] == pytest.approx(100 * res["prn"]["All"]["pq"], abs=1e-9)
+    assert v["pq_th"] == pytest.approx(100 * res["prn"]["Things"]["pq"], abs=1e-9)
+
+
+def test_evaluate_errors(trained, tmp_path):
+    store, _ = trained
+    r = runner.invoke(app, ["evaluate", "--store", store])
+    assert r.exit_code != 0 and "--checkpoint" in str(r.exception)
+    r = runner.invoke(app, ["evaluate", "--store", store, "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"])
+    assert "none.pt" in str(r.exception)

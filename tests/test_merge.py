@@ -1,0 +1,163 @@
+"""Majority voting and panoptic merging (prn_model.merge, paper §3.5), semantic upsampling, writing the
+result, and the ideal-outputs check on the real COCO sample (PQ ≥ 99 at store resolution)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prn_data.panoptic_io import read_rgb_ids
+from prn_data.records import Category, CategorySet, Segment
+from prn_model.merge import CategoryTables, argmax_upsampled, merge_image, postprocess, semantic_labels, to_original_size, write_panoptic
+from prn_model.ppgbf import PostProcessConfig
+
+CATS = CategorySet(
+    [
+        Category(1, "person", True, 0),
+        Category(3, "car", True, 1),
+        Category(7, "road", False, 2),
+        Category(9, "sky", False, 3),
+    ]
+)
+
+
+def scene(H=16, W=24):
+    """Two square instances with exact offsets: X (rows 2–7, cols 2–7, center score 0.6) and
+    Y (rows 8–13, cols 12–19, score 0.9); road below row 12 elsewhere, sky above."""
+    center = torch.zeros(1, H, W)
+    off = torch.zeros(2, H, W)
+    box = torch.zeros(4, H, W)
+    fg = torch.full((1, H, W), -5.0)
+    ys, xs = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    for (y0, y1, x0, x1), s in (((2, 7, 2, 7), 0.6), ((8, 13, 12, 19), 0.9)):
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        center[0, cy, cx] = s
+        sl = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+        off[0][sl] = cy - ys[sl]
+        off[1][sl] = cx - xs[sl]
+        box[0][sl] = ys[sl] - y0
+        box[1][sl] = y1 - ys[sl]
+        box[2][sl] = xs[sl] - x0
+        box[3][sl] = x1 - xs[sl]
+        fg[0][sl] = 5.0
+    sem = torch.zeros(4, H, W)
+    sem[3] = 1.0
+    sem[2, 12:] = 2.0
+    return sem, center, off, box, fg
+
+
+def test_majority_vote_ids_and_stuff():
+    sem, center, off, box, fg = scene()
+    sem[0, 2:4, 2:8] = 3.0  # X: 12 px say person
+    sem[1, 4:8, 2:8] = 3.0  # ... 24 px say car → car
+    sem[0, 8:14, 12:20] = 3.0  # Y: all person
+    pan, segs = merge_image(sem, center, off, box, fg, CategoryTables(CATS), PostProcessConfig(stuff_area=0, nms_kernel=3))
+    exp = np.full((16, 24), 9000)
+    exp[12:] = 7000
+    exp[8:14, 12:20] = 1001  # Y: highest score, first person
+    exp[2:8, 2:8] = 3001  # X: car
+    np.testing.assert_array_equal(pan, exp)
+    assert [(s.id, s.category_id, s.train_id, s.isthing, s.area) for s in segs] == [
+        (1001, 1, 0, True, 48),
+        (3001, 3, 1, True, 36),
+        (7000, 7, 2, False, 4 * 24 - 16),
+        (9000, 9, 3, False, 16 * 24 - 48 - 36 - 80),
+    ]
+    assert segs[2].bbox == (0, 12, 24, 4)
+
+
+def test_small_stuff_becomes_void_and_small_instances_are_dropped():
+    sem, center, off, box, fg = scene()
+    sem[0, 8:14, 12:20] = 3.0
+    cfg = PostProcessConfig(stuff_area=81, min_instance_area=40, nms_kernel=3)
+    pan, segs = merge_image(sem, center, off, box, fg, CategoryTables(CATS), cfg)
+    # road has 80 px (< 81): VOID; X has 36 px (< 40): dropped, its pixels go to sky (semantic argmax there).
+    exp = np.full((16, 24), 9000)
+    exp[12:] = -1
+    exp[8:14, 12:20] = 1001
+    np.testing.assert_array_equal(pan, exp)
+    assert [s.id for s in segs] == [1001, 9000]
+
+
+def test_foreground_off_pixels_are_not_grouped_and_padding_is_cropped():
+    sem, center, off, box, fg = scene()
+    fg[0, 2:8, 2:5] = -5.0  # half of X has no foreground: those pixels are stuff (sky)
+    sem[0, 2:8, 5:8] = 3.0
+    sem[0, 8:14, 12:20] = 3.0
+    pad = lambda t: F.pad(t, (0, 8, 0, 16))  # noqa: E731 - a padded 32×32 canvas
+    out = {"semantic": pad(sem)[None], "center": pad(center)[None], "center_offset": pad(off)[None],
+           "box_offset": pad(box)[None], "foreground": pad(fg)[None]}
+    (pan, segs), = postprocess(out, CATS, PostProcessConfig(stuff_area=0, nms_kernel=3), sizes=[(16, 24)])
+    assert pan.shape == (16, 24)
+    assert (pan[2:8, 2:5] == 9000).all() and (pan[2:8, 5:8] == 1002).all()
+
+
+def test_bilinear_label_upsampling_equals_interpolate_then_argmax():
+    torch.manual_seed(0)
+    for C, (h, w), (H, W) in ((5, (9, 13), (36, 52)), (30, (20, 25), (80, 100)), (133, (6, 8), (24, 32))):
+        logits = torch.randn(C, h, w) * 3
+        ref = F.interpolate(logits[None], size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0)
+        assert torch.equal(argmax_upsampled(logits, (H, W), chunk=1000), ref)
+    # nearest mode: each 1/4 label repeated 4×4
+    logits = torch.randn(4, 3, 5)
+    thing = torch.tensor([True, True, False, False])
+    lab, tlab = semantic_labels(logits, (12, 20), thing, "nearest")
+    np.testing.assert_array_equal(lab.numpy(), np.kron(logits.argmax(0).numpy(), np.ones((4, 4), int)))
+    np.testing.assert_array_equal(tlab.numpy(), np.kron(logits[:2].argmax(0).numpy(), np.ones((4, 4), int)))
+
+
+def test_resize_back_and_write_coco_files(tmp_path):
+    pan = np.full((4, 6), 9000, np.int32)
+    pan[1:3, 0:2] = 1001
+    pan[3, 5] = -1
+    segs = [Segment(1001, 1, 0, True, False, 4, (0, 1, 2, 2), 0.7), Segment(9000, 9, 3, False, False, 19, (0, 0, 6, 4))]
+    big, bsegs = to_original_size(pan, segs, (8, 12))
+    assert big.shape == (8, 12) and (big[2:6, 0:4] == 1001).all() and big[7, 11] == -1
+    assert [(s.id, s.area, s.bbox) for s in bsegs] == [(1001, 16, (0, 2, 4, 4)), (9000, 96 - 16 - 4, (0, 0, 12, 8))]
+    path = write_panoptic(tmp_path, [(42, "000042.jpg", big, bsegs)], CATS)
+    d = json.loads(path.read_text())
+    assert d["annotations"][0]["image_id"] == 42 and d["annotations"][0]["file_name"] == "000042.png"
+    assert [c["id"] for c in d["categories"]] == [1, 3, 7, 9]
+    info = d["annotations"][0]["segments_info"]
+    assert [(s["id"], s["category_id"], s["iscrowd"], s["area"]) for s in info] == [(1001, 1, 0, 16), (9000, 9, 0, 76)]
+    ids = read_rgb_ids(tmp_path / "panoptic" / "000042.png")
+    np.testing.assert_array_equal(ids, np.where(big < 0, 0, big))
+
+
+def ideal_outputs(panoptic, segments, num_classes):
+    """Head outputs a perfect PRN would give: gt center heatmap and offsets, foreground, one-hot semantic
+    (at full resolution: a 1/4 one-hot would blur every boundary by up to 2 px)."""
+    from prn_data.targets import compute_targets
+
+    t = compute_targets(panoptic, segments)
+    sem = t["semantic"].astype(np.int64)
+    onehot = (np.arange(num_classes)[:, None, None] == sem[None]).astype(np.float32)
+    return {
+        "semantic": torch.from_numpy(onehot)[None],
+        "center": torch.from_numpy(t["center"])[None],
+        "center_offset": torch.from_numpy(t["center_offset"])[None],
+        "box_offset": torch.from_numpy(t["box_offset"])[None],
+        "foreground": torch.from_numpy(t["foreground"].astype(np.float32) * 20 - 10)[None, None],
+    }
+
+
+def test_ideal_outputs_give_back_the_coco_ground_truth(coco_sample):
+    from prn_data.datasets import open_dataset
+    from prn_data.resize import ResizePolicy, resize_sample
+    from prn_model.pq import pq_from_arrays
+
+    ds = open_dataset(f"coco:{coco_sample}", "val2017")
+    items = []
+    for i in range(len(ds)):
+        s = resize_sample(ds.load(i), ResizePolicy())  # store resolution
+        out = ideal_outputs(s.panoptic, s.segments, len(ds.categories))
+        (pan, segs), = postprocess(out, ds.categories, PostProcessConfig())
+        assert pan.shape == s.panoptic.shape
+        items.append((s.panoptic, s.segments, pan, segs))
+    r = pq_from_arrays(items, ds.categories)
+    assert r["All"]["pq"] >= 0.99
+    assert r["All"]["n"] == 8 and r["Stuff"]["pq"] == 1.0

@@ -1,0 +1,253 @@
+"""PQ (prn_model.pq): hand-made cases with known answers, and agreement with cityscapesscripts' port of
+panopticapi's pq_compute on the real COCO sample with perturbed predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prn_data.errors import DatasetError
+from prn_data.panoptic_io import read_rgb_ids, write_rgb_ids
+from prn_model.pq import pq_compute, pq_from_arrays, read_png_ids
+
+CATS = [
+    {"id": 1, "name": "person", "isthing": 1},
+    {"id": 2, "name": "car", "isthing": 1},
+    {"id": 10, "name": "sky", "isthing": 0},
+]
+
+
+def seg(i, c, crowd=0):
+    return {"id": i, "category_id": c, "iscrowd": crowd}
+
+
+def run(gt, gs, pred, ps):
+    return pq_from_arrays([(np.asarray(gt), gs, np.asarray(pred), ps)], CATS)
+
+
+def test_perfect_match():
+    gt = np.full((6, 8), 10000)
+    gt[1:4, 1:4] = 1001
+    gt[0, 7] = -1
+    r = run(gt, [seg(1001, 1), seg(10000, 10)], gt, [seg(1001, 1), seg(10000, 10)])
+    assert r["All"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 2}
+    assert r["Things"]["n"] == 1 and r["Stuff"]["n"] == 1
+    # car has no TP/FP/FN: left out of the averages, reported as zeros.
+    assert r["per_class"][2] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+
+
+def test_iou_exactly_half_is_not_a_match():
+    gt = np.full((4, 4), -1)
+    gt[0:2, 0:2] = 1001  # 4 px
+    pred = np.full((4, 4), -1)
+    pred[0, 0:2] = 2001  # 2 px inside: IoU = 2 / 4 = 0.5
+    pred[2:4, 0:2] = 2002  # wholly on VOID: ignored
+    pred[3, 3] = 2003  # 1 px on VOID: ignored too
+    r = run(gt, [seg(1001, 1)], pred, [seg(2001, 1), seg(2002, 1), seg(2003, 1)])
+    # one FN (the gt) and one FP (2001, none of it on VOID).
+    assert r["per_class"][1] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+    assert r["All"]["n"] == 1
+    # 3 of 4 px: IoU 0.75, a match.
+    pred[0:2, 0] = 2001
+    pred[0, 1] = 2001
+    pred[1, 1] = -1
+    r = run(gt, [seg(1001, 1)], pred, [seg(2001, 1), seg(2002, 1), seg(2003, 1)])
+    assert r["per_class"][1]["pq"] == pytest.approx(0.75, abs=1e-15)
+    assert r["per_class"][1]["rq"] == 1.0
+
+
+def test_prediction_on_void_leaves_the_union():
+    gt = np.full((4, 4), -1)
+    gt[0:2, 0:2] = 1001
+    pred = np.full((4, 4), -1)
+    pred[0:2, :] = 7  # the 4 gt px + 4 VOID px: IoU = 4 / (8 + 4 - 4 - 4) = 1
+    r = run(gt, [seg(1001, 1)], pred, [seg(7, 1)])
+    assert r["All"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 1}
+
+
+def test_half_on_void_is_a_false_positive_more_than_half_is_not():
+    gt = np.full((2, 4), 10000)
+    gt[:, 2:] = -1
+    pred = np.full((2, 4), 10000)
+    pred[0, 1:3] = 1005  # 2 px: 1 on VOID (exactly half), 1 on sky → FP
+    r = run(gt, [seg(10000, 10)], pred, [seg(10000, 10), seg(1005, 1)])
+    assert r["per_class"][1] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+    assert r["Things"]["n"] == 1
+    pred[0, 3] = 1005  # now 3 px, 2 on VOID → ignored
+    r = run(gt, [seg(10000, 10)], pred, [seg(10000, 10), seg(1005, 1)])
+    assert r["Things"]["n"] == 0 and r["All"]["n"] == 1
+    # sky: gt 4 px; pred 5 px, 2 of them on VOID, 3 on the gt: IoU = 3 / (5 + 4 - 3 - 2) = 0.75.
+    assert r["per_class"][10]["sq"] == pytest.approx(0.75, abs=1e-15)
+
+
+def test_crowd_is_never_a_false_negative_and_covers_predictions():
+    gt = np.full((4, 6), 10000)
+    gt[:, 0:3] = 1001  # person crowd, 12 px
+    gt[0:2, 4:6] = 2001  # car, 4 px
+    pred = np.full((4, 6), 10000)
+    pred[0:3, 0:2] = 1001  # person on the crowd: 6 px, all on crowd → not FP
+    pred[0:2, 4:6] = 2001
+    gs = [seg(1001, 1, crowd=1), seg(2001, 2), seg(10000, 10)]
+    ps = [seg(1001, 1), seg(2001, 2), seg(10000, 10)]
+    r = run(gt, gs, pred, ps)
+    assert r["per_class"][1] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+    assert r["Things"]["n"] == 1  # person has no TP/FP/FN at all
+    # a *car* prediction on the person crowd is a false positive (crowd of another class)
+    ps[0] = seg(1001, 2)
+    r = run(gt, gs, pred, ps)
+    assert r["per_class"][2]["rq"] == pytest.approx(1 / 1.5, abs=1e-15)
+    # sky: gt 8 px (12 crowd + 4 car of 24); pred sky = 24 - 6 - 4 = 14 px; I = 8, U = 14 + 8 - 8 = 14
+    assert r["per_class"][10]["pq"] == pytest.approx(8 / 14, abs=1e-15)
+
+
+# --- files: cross-check with cityscapesscripts ----------------------------------------------------------
+
+
+def perturb(gt_json: dict, gt_dir: Path, out_dir: Path, seed: int) -> Path:
+    """Write a perturbed copy of the COCO sample ground truth as predictions: segments shifted, eroded,
+    relabelled, dropped, split, merged, plus spurious segments on VOID / crowd; fresh random ids."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    cats = [c["id"] for c in gt_json["categories"]]
+    thing = {c["id"]: c["isthing"] for c in gt_json["categories"]}
+    (out_dir / "pred").mkdir(parents=True)
+    anns = []
+    for ann in gt_json["annotations"]:
+        gt = read_rgb_ids(gt_dir / ann["file_name"])
+        pred = np.zeros_like(gt)
+        infos = []
+        used = set()
+
+        def new_id():
+            while True:
+                i = int(rng.integers(1, 1 << 24))
+                if i not in used:
+                    used.add(i)
+                    return i
+
+        for s in ann["segments_info"]:
+            m = gt == s["id"]
+            op = rng.choice(["keep", "shift", "erode", "relabel", "drop", "split"], p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
+            cat = s["category_id"]
+            if op == "drop":
+                continue
+            if op == "shift":
+                m = np.roll(m, tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
+            elif op == "erode":
+                m = ndimage.binary_erosion(m, iterations=int(rng.integers(1, 4)))
+            elif op == "relabel":
+                same = [c for c in cats if thing[c] == thing[cat] and c != cat]
+                cat = int(rng.choice(same))
+            if op == "split" and m.sum() > 10:
+                ys = np.nonzero(m.any(1))[0]
+                cut = ys[len(ys) // 2]
+                top = m.copy()
+                top[cut:] = False
+                for part in (top, m & ~top):
+                    if part.any():
+                        i = new_id()
+                        pred[part] = i
+                        infos.append({"id": i, "category_id": cat, "iscrowd": 0})
+                continue
+            if m.any():
+                i = new_id()
+                pred[m] = i
+                infos.append({"id": i, "category_id": cat, "iscrowd": 0})
+        # spurious segments: one on VOID (+ neighbours), one covering part of the first crowd region
+        void = gt == 0
+        if void.any():
+            i = new_id()
+            pred[ndimage.binary_dilation(void, iterations=2) & (pred == 0)] = i
+            infos.append({"id": i, "category_id": int(rng.choice(cats)), "iscrowd": 0})
+        crowd = [s for s in ann["segments_info"] if s["iscrowd"]]
+        if crowd:
+            m = (gt == crowd[0]["id"]) & (np.arange(gt.shape[1])[None, :] % 2 == 0)
+            i = new_id()
+            pred[m] = i
+            infos.append({"id": i, "category_id": crowd[0]["category_id"], "iscrowd": 0})
+        # a merge of two segments of one class (things become one blob)
+        present = {x["id"]: x for x in infos if (pred == x["id"]).any()}
+        infos = list(present.values())
+        persons = [x for x in infos if x["category_id"] == 1]
+        if len(persons) >= 2:
+            a, b = persons[:2]
+            pred[pred == b["id"]] = a["id"]
+            infos.remove(b)
+        name = ann["file_name"]
+        write_rgb_ids(out_dir / "pred" / name, pred)
+        anns.append({"image_id": ann["image_id"], "file_name": name, "segments_info": infos})
+    path = out_dir / "pred.json"
+    path.write_text(json.dumps({"annotations": anns, "categories": gt_json["categories"]}))
+    return path
+
+
+def assert_same(ours: dict, theirs: dict) -> None:
+    for k in ("All", "Things", "Stuff"):
+        assert ours[k]["n"] == theirs[k]["n"]
+        for f in ("pq", "sq", "rq"):
+            assert ours[k][f] == pytest.approx(float(theirs[k][f]), abs=1e-9), (k, f)
+    assert set(ours["per_class"]) == set(theirs["per_class"])
+    for c, v in theirs["per_class"].items():
+        for f in ("pq", "sq", "rq"):
+            assert ours["per_class"][c][f] == pytest.approx(float(v[f]), abs=1e-9), (c, f)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_cityscapesscripts_on_perturbed_coco_sample(coco_sample, tmp_path, seed):
+    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
+
+    gt_json_path = coco_sample / "annotations" / "panoptic_val2017.json"
+    gt_dir = coco_sample / "annotations" / "panoptic_val2017"
+    gt_json = json.loads(gt_json_path.read_text())
+    pred_json = perturb(gt_json, gt_dir, tmp_path, seed)
+    ours = pq_compute(gt_json_path, gt_dir, pred_json, tmp_path / "pred", workers=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs = evaluatePanoptic(str(gt_json_path), str(gt_dir), str(pred_json), str(tmp_path / "pred"), str(tmp_path / "r.json"))
+    assert_same(ours, theirs)
+    # a real perturbation: neither perfect nor empty
+    assert 0.2 < ours["All"]["pq"] < 0.95
+    # the in-memory API gives the same figures (areas from the maps equal the JSON's here)
+    items = []
+    preds = {a["image_id"]: a for a in json.loads(pred_json.read_text())["annotations"]}
+    for g in gt_json["annotations"]:
+        p = preds[g["image_id"]]
+        gi = read_png_ids(gt_dir / g["file_name"]).astype(np.int64)
+        pi = read_png_ids(tmp_path / "pred" / p["file_name"]).astype(np.int64)
+        items.append((np.where(gi == 0, -1, gi), g["segments_info"], np.where(pi == 0, -1, pi), p["segments_info"]))
+    assert_same(pq_from_arrays(items, gt_json["categories"]), theirs)
+
+
+def test_read_png_ids_matches_rgb2id(coco_sample):
+    p = coco_sample / "annotations" / "panoptic_val2017" / "000000142238.png"
+    np.testing.assert_array_equal(read_png_ids(p), read_rgb_ids(p))
+
+
+def test_file_errors_name_the_file(coco_sample, tmp_path):
+    gt_json = coco_sample / "annotations" / "panoptic_val2017.json"
+    gt_dir = coco_sample / "annotations" / "panoptic_val2017"
+    d = json.loads(gt_json.read_text())
+    pred_dir = tmp_path / "pred"
+    shutil.copytree(gt_dir, pred_dir)
+    # a segment id in the PNG that the JSON does not list
+    bad = json.loads(json.dumps(d))
+    bad["annotations"][1]["segments_info"].pop(0)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DatasetError, match="000000439180.png.*not in the JSON"):
+        pq_compute(gt_json, gt_dir, tmp_path / "bad.json", pred_dir)
+    # an image without prediction
+    missing = json.loads(json.dumps(d))
+    missing["annotations"].pop(0)
+    (tmp_path / "missing.json").write_text(json.dumps(missing))
+    with pytest.raises(DatasetError, match="missing.json.*142238"):
+        pq_compute(gt_json, gt_dir, tmp_path / "missing.json", pred_dir)
+    # a missing PNG
+    (pred_dir / "000000142238.png").unlink()
+    with pytest.raises(DatasetError, match="000000142238.png: panoptic PNG is missing"):
+        pq_compute(gt_json, gt_dir, gt_json, pred_dir)

@@ -1,0 +1,266 @@
+"""The trainer (prn_model.train), its config (prn_model.config) and `prn train`: loss goes down, resume is
+exact, 2-process DDP on gloo, a store served over HTTP, checkpoints, the workflows' paper settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from prn_model.config import ConfigError, config_from_dict, load_config, override
+from prn_model.train import CheckpointError, TrainingError, load_checkpoint, lr_factor, read_checkpoint, train
+from test_data import build_tiny_store
+
+REPO = Path(__file__).resolve().parents[1]
+TERMS = ("semantic", "center", "center_offset", "box_offset", "foreground")
+
+# The smallest network: ResNet-18 layout at 1/8 width; GroupNorm so batches of one behave.
+TINY_MODEL = {"depth": 18, "widths": [8, 16, 32, 64], "n_en": 8, "c_de": 16, "skip_channels": 8,
+              "semantic_head_channels": 16, "head_channels": 8, "norm": "group"}
+
+
+def tiny_config(store: str, out: Path, **changes) -> "TrainConfig":  # noqa: F821
+    d = {
+        "model": TINY_MODEL,
+        "data": {"store": store, "batch_size": 2, "num_workers": 0},
+        "augment": {"gridmask": {"prob": 0.5, "d_min": 8, "d_max": 24}},
+        "iters": 4,
+        "log_every": 1,
+        "checkpoint_every": 100,
+        "device": "cpu",
+        "out": str(out),
+    }
+    return override(config_from_dict(d), **changes)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return build_tiny_store(tmp_path_factory.mktemp("train") / "train.zarr", n=4, short=32, max_long=64)
+
+
+@pytest.fixture(scope="module")
+def pair_store(tmp_path_factory) -> str:
+    return build_tiny_store(tmp_path_factory.mktemp("pair") / "pair.zarr", n=2, split="pair", short=32, max_long=64)
+
+
+def test_short_run_lowers_every_loss_term(pair_store, tmp_path):
+    # Both samples in every batch, no augmentation, constant lr: full-batch descent on a fixed problem.
+    cfg = tiny_config(pair_store, tmp_path / "run", **{
+        "iters": 12, "augment.flip": False, "augment.gridmask": None,
+        "optim.schedule": "constant", "optim.lr": 3e-3,
+    })
+    train(cfg, show_progress=False)
+    m = _metrics(tmp_path / "run")
+    assert [r["step"] for r in m] == list(range(1, 13))
+    first, last = m[0], m[-1]
+    for term in TERMS:
+        assert last[term] < first[term], (term, first[term], last[term])
+    assert last["loss"] < 0.8 * first["loss"]
+    # the logged total is eq. (1) of the logged terms with the paper's λ
+    lam = {"semantic": 1, "center": 200, "center_offset": 0.02, "box_offset": 0.02, "foreground": 5}
+    assert last["loss"] == pytest.approx(sum(lam[t] * last[t] for t in TERMS), rel=1e-5)
+    for r in m:
+        assert r["lr"] == 3e-3 and r["samples_per_s"] > 0 and 0 <= r["data_wait"] <= 1
+
+
+def test_resume_gives_the_same_losses(store, tmp_path):
+    a = tmp_path / "a"
+    cfg = tiny_config(store, a, **{"iters": 6, "checkpoint_every": 3, "data.batch_size": 1})
+    train(cfg, show_progress=False)
+    ref = _metrics(a)
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == ["step_0000003.pt", "step_0000006.pt"]
+
+    # The run "died" after step 4: its folder has the step-3 checkpoint and metrics up to step 4.
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(a / "checkpoints" / "step_0000003.pt", b / "checkpoints")
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ref[:4]))
+    torch.manual_seed(1234)  # the resumed process starts from other RNG states
+    train(override(cfg, out=str(b)), resume=True, show_progress=False)
+    got = _metrics(b)
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    for r_ref, r_got in zip(ref[3:], got[3:]):
+        for key in ("loss", "lr") + TERMS:
+            assert r_got[key] == r_ref[key], (r_ref["step"], key)
+    wa = read_checkpoint(a / "model.pt")["model"]
+    wb = read_checkpoint(b / "model.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoint_round_trip_and_errors(store, tmp_path):
+    cfg = tiny_config(store, tmp_path / "run", iters=1)
+    summary = train(cfg, show_progress=False)
+    model, cfg2 = load_checkpoint(tmp_path / "run" / "model.pt", "cpu")
+    assert cfg2 == cfg
+    assert not model.training
+    ref = summary["model"].state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    ck = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000001.pt")
+    assert ck["step"] == 1 and ck["sampler"]["start"] == 2
+    assert set(ck["rng"]) >= {"torch", "numpy", "python"}
+    bad = tmp_path / "bad.pt"
+    torch.save({"something": 1}, bad)
+    with pytest.raises(CheckpointError, match="bad.pt: not a prn checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="missing.pt: no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # a finished run is not silently overwritten
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(cfg, show_progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    summary = train(config_from_dict(cfg_dict), show_progress=False)
+    torch.save(summary["model"].state_dict(), Path(out) / f"rank{rank}.pt")
+
+
+def test_two_process_gloo_run(store, tmp_path):
+    run = tmp_path / "ddp"
+    cfg = tiny_config(store, run, iters=3, checkpoint_every=3)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2)
+    m = _metrics(run)  # rank 0 alone writes
+    assert [r["step"] for r in m] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in m)
+    assert (run / "checkpoints" / "step_0000003.pt").is_file()
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # DDP kept the replicas identical
+    saved = read_checkpoint(run / "model.pt")["model"]
+    assert all(torch.equal(saved[k], w0[k]) for k in w0)
+
+
+def serve_with_ranges(directory: str, port: int) -> None:
+    """A static HTTP server that honours ``Range`` requests (``python -m http.server`` ignores them, and
+    a sharded Zarr store is read by byte ranges: the shard index, then each chunk)."""
+    import http.server
+    import io
+    import re
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=directory, **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", (self.headers.get("Range") or "").strip())
+            path = self.translate_path(self.path)
+            if not m or not os.path.isfile(path):
+                return super().send_head()
+            size = os.path.getsize(path)
+            first, last = m.groups()
+            start = max(0, size - int(last)) if first == "" else int(first)
+            end = size - 1 if first == "" or last == "" else min(size - 1, int(last))
+            if start >= size:
+                self.send_error(416)
+                return None
+            with open(path, "rb") as f:
+                f.seek(start)
+                body = f.read(end - start + 1)
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return io.BytesIO(body)
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def test_trains_from_a_store_served_over_http(store, tmp_path):
+    port = _free_port()
+    root = Path(store).parent
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_train import serve_with_ranges; serve_with_ranges({str(root)!r}, {port})")
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/{Path(store).name}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/zarr.json", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        cfg = tiny_config(url, tmp_path / "http", iters=2)
+        summary = train(cfg, show_progress=False)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert summary["step"] == 2
+    assert [r["step"] for r in _metrics(tmp_path / "http")] == [1, 2]
+
+
+def test_cli_train_overrides_the_config(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from prn_data.cli import app
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(json.dumps(tiny_config("nowhere.zarr", tmp_path / "unused", iters=50).to_dict()))
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["train", str(cfg_path), "--store", store, "--out", str(out), "--iters", "1",
+                                   "--device", "cpu", "--batch-size", "1"])
+    assert res.exit_code == 0, res.output
+    resolved = load_config(out / "config.yaml")
+    assert (resolved.iters, resolved.data.store, resolved.data.batch_size) == (1, store, 1)
+    assert [r["step"] for r in _metrics(out)] == [1]
+
+
+def test_workflows_carry_the_paper_settings():
+    for name, iters, batch in (("coco", 150_000, 16), ("cityscapes", 60_000, 32)):
+        cfg = load_config(REPO / "workflows" / f"{name}.yaml")
+        assert (cfg.iters, cfg.data.batch_size) == (iters, batch)
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule) == ("adam", 1e-3, 1e-4, "cosine")
+        assert cfg.optim.betas[0] == 0.9
+        assert cfg.loss == {"semantic": 1.0, "center": 200.0, "center_offset": 0.02, "box_offset": 0.02,
+                            "foreground": 5.0}
+        assert cfg.model["depth"] == 50
+        assert cfg.augment.flip and cfg.augment.gridmask is not None
+    demo = load_config(REPO / "workflows" / "demo.yaml")
+    assert demo.model["depth"] == 18 and demo.data.batch_size <= 8
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("optim:\n  lr: 0.1\n  wieght_decay: 0.5\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key\(s\) optim.wieght_decay"):
+        load_config(p)
+    p.write_text("data: {batch_size: 0}\n")
+    with pytest.raises(ConfigError, match="typo.yaml: data.batch_size must be ≥ 1"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cosine_schedule_by_hand():
+    cfg = config_from_dict({"iters": 100, "optim": {"lr": 1e-3, "min_lr": 1e-4}})
+    assert lr_factor(0, cfg) == 1.0
+    assert lr_factor(50, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # cos(π/2) = 0
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    warm = config_from_dict({"iters": 100, "optim": {"warmup_iters": 10}})
+    assert lr_factor(0, warm) == pytest.approx(0.1) and lr_factor(9, warm) == pytest.approx(1.0)
+    assert lr_factor(10, warm) == 1.0 and lr_factor(55, warm) == pytest.approx(0.5)
