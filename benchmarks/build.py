@@ -93,12 +93,12 @@ def codec_table(samples: list[dict[str, np.ndarray]], floats: list[dict[str, np.
 
     Blosc.use_threads = False
     codecs = {
-        "zstd1": Zstd(level=1), "zstd3*": Zstd(level=3), "zstd9": Zstd(level=9),
+        "zstd1": Zstd(level=1), "zstd3": Zstd(level=3), "zstd9": Zstd(level=9),
         "blosc-zstd3-shuf": Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE),
         "blosc-lz4-shuf": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
         "blosc-zstd3-bitshuf": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
     }
-    print("\n## codec alternatives (KB/sample | encode ms/sample); * = chosen")
+    print("\n## codec alternatives (KB/sample | encode ms/sample); chosen: zstd1, zstd3 for base/semantic")
     print(f"{'array':24s}" + "".join(f"{n:>22s}" for n in codecs))
 
     def row(label, arrays):
@@ -149,7 +149,7 @@ def main() -> None:
         base = open_base("simulated", ds.categories)
         params, policy = TargetParams(), ResizePolicy()
         print(f"# prn build benchmark: {len(ds)} COCO-sized images, base simulated, {len(ds.categories)} classes, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
         # 1. serial baseline (compute only) and encode cost
         maps = []
@@ -170,31 +170,37 @@ def main() -> None:
         results = {}
         for label, sched in (("local cluster (processes)", None), ("threads", "threads")):
             out = tmp / f"store-{sched or 'local'}.zarr"
+            stamps: list[float] = []
             r = build(BuildConfig(spec, "val2017", base="simulated", out=str(out), workers=args.workers,
-                                  scheduler=sched))
+                                  scheduler=sched), on_progress=lambda *_: stamps.append(time.perf_counter()))
             assert r.ok, r.failures
             results[label] = (r, out)
             rate = r.n_samples / r.seconds
-            print(f"end-to-end {label:28s} {args.workers} workers: {rate:6.2f} samples/s "
-                  f"({r.seconds:.1f} s incl. start-up; ×{rate * base_s:.2f} the serial compute baseline, "
-                  f"×{rate * (base_s + enc_s):.2f} serial compute+encode)")
-        rj, outj = None, tmp / "store-jpeg.zarr"
-        rj = build(BuildConfig(spec, "val2017", base="simulated", out=str(outj), workers=args.workers,
-                               image_codec="jpeg"))
+            half = len(stamps) // 2  # steady state: the second half of the samples, start-up excluded
+            steady = (len(stamps) - 1 - half) / max(stamps[-1] - stamps[half], 1e-9)
+            print(f"end-to-end {label:27s} {args.workers} workers: {rate:6.2f} samples/s over {r.seconds:.1f} s "
+                  f"incl. start-up; steady {steady:6.2f} samples/s = ×{steady * (base_s + enc_s):.2f} the serial "
+                  f"compute+encode baseline")
 
         # 3. bytes per sample
         r, out = results["local cluster (processes)"]
         n = r.n_samples
-        sizes, sizes_j = array_bytes(out), array_bytes(outj)
-        print(f"\n## bytes per sample (canvas {open_store(out).canvas}, shard {DEFAULT_SHARD_SIZE})")
+        sizes = array_bytes(out)
+        print(f"\n## bytes per sample (canvas {open_store(out).canvas}, shard {DEFAULT_SHARD_SIZE}, default codecs)")
         for k in sorted(sizes):
             print(f"  {k:22s} {sizes[k] / n / 1e3:9.1f} KB")
         gb = sum(v for k, v in sizes.items() if k.startswith(("gt/", "base/"))) / n
-        tot, tot_j = sum(sizes.values()) / n, sum(sizes_j.values()) / n
+        tot = sum(sizes.values()) / n
         print(f"  gt/ + base/ total      {gb / 1e3:9.1f} KB  (goal ≤ 600 KB)")
-        print(f"  store total (zstd image) {tot / 1e3:7.1f} KB; with --image-codec jpeg: image "
-              f"{sizes_j['image'] / n / 1e3:.1f} KB (×{sizes_j['image'] / sizes['image']:.2f}), total "
-              f"{tot_j / 1e3:.1f} KB (×{tot_j / tot:.2f})")
+        print(f"  store total            {tot / 1e3:9.1f} KB  (image lossless, zstd level 1)")
+        for codec in ("jpegxl", "jpeg"):
+            outc = tmp / f"store-{codec}.zarr"
+            rc = build(BuildConfig(spec, "val2017", base="simulated", out=str(outc), workers=args.workers,
+                                   scheduler="threads", image_codec=codec, limit=min(n, 12)))
+            img = array_bytes(outc)["image"] / rc.n_samples
+            print(f"  --image-codec {codec:7s}  image {img / 1e3:7.1f} KB (×{img / (sizes['image'] / n):.2f} of "
+                  f"zstd), store total {(tot - sizes['image'] / n + img) / 1e3:7.1f} KB "
+                  f"(×{(tot - sizes['image'] / n + img) / tot:.2f})")
 
         # 4. files
         files = [p for p in out.rglob("*") if p.is_file()]
@@ -212,6 +218,7 @@ def main() -> None:
             floats = [{k: np.asarray(m[k], np.float32) for k in ("gt/center", "gt/center_offset", "gt/box_offset",
                                                                    "base/instance", "base/semantic")} for m, _ in maps]
             codec_table(stored, floats)
+        print(f"\n# load average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

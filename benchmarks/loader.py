@@ -14,7 +14,8 @@ Two ways to produce the same training samples (padded canvas, flip + GridMask, c
 
 Each runs in the same process through the same DataLoader (``forkserver`` workers, collate in the worker)
 for every worker count; the first batch (worker start-up) is not timed. Prints samples/s, samples/s per
-worker, and the ratio store / on-the-fly at equal worker counts (goal ≥ 5×; ≥ 30 samples/s per worker).
+worker, and the ratio store / on-the-fly at equal worker counts (goal ≥ 5×; ≥ 30 samples/s per worker);
+with 0 workers also the CPU time per sample of each way (process time, robust to other load on the machine).
 """
 
 from __future__ import annotations
@@ -80,20 +81,22 @@ class OnTheFlyDataset:
         return augment(sample, self.augment_cfg, np.random.default_rng([self.seed, epoch, i]))
 
 
-def measure(dataset, batch_size: int, workers: int, batches: int) -> float:
-    """Samples/s over ``batches`` batches after one untimed warm-up batch."""
+def measure(dataset, batch_size: int, workers: int, batches: int) -> tuple[float, float]:
+    """``(samples/s, CPU ms per sample of this process)`` over ``batches`` batches after one untimed
+    warm-up batch (the CPU figure covers all the work only when ``workers == 0``)."""
     from prn_model.data import TrainSampler, make_loader
 
     loader = make_loader(dataset, batch_size, TrainSampler(len(dataset), seed=0), num_workers=workers)
     it = iter(loader)
     next(it)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         b = next(it)
         assert b["image"].shape[0] == batch_size
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     del it
-    return batches * batch_size / dt
+    n = batches * batch_size
+    return n / dt, 1000 * cpu / n
 
 
 def main() -> None:
@@ -122,12 +125,13 @@ def main() -> None:
         fly_ds = OnTheFlyDataset(f"coco:{COCO}", "val2017", "simulated", store_ds.canvas, aug)
         print(f"store {url}: {len(store_ds)} samples, canvas {store_ds.canvas}, {store_ds.num_classes} classes, "
               f"batch {args.batch_size}")
-        print(f"{'workers':>7} {'store s/s':>10} {'per worker':>10} {'on-the-fly s/s':>15} {'ratio':>7}")
+        print(f"{'workers':>7} {'store s/s':>10} {'per worker':>10} {'on-the-fly s/s':>15} {'ratio':>7}"
+              f" {'store CPU ms':>13} {'fly CPU ms':>11} {'CPU ratio':>9}")
         for w in args.workers:
-            s = measure(store_ds, args.batch_size, w, args.batches)
-            f = measure(fly_ds, args.batch_size, w, args.fly_batches)
-            print(f"{w:>7} {s:>10.1f} {s / max(w, 1):>10.1f} {f:>15.2f} {s / f:>6.1f}×", flush=True)
-
+            s, sc = measure(store_ds, args.batch_size, w, args.batches)
+            f, fc = measure(fly_ds, args.batch_size, w, args.fly_batches)
+            cpu = f" {sc:>13.1f} {fc:>11.1f} {fc / sc:>8.1f}×" if w == 0 else ""
+            print(f"{w:>7} {s:>10.1f} {s / max(w, 1):>10.1f} {f:>15.2f} {s / f:>6.1f}×{cpu}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,6 @@ from .resize import ResizePolicy
 from .store import DEFAULT_SHARD_SIZE, Store, create_store, encode_sample, open_store
 
 CANVAS_MULTIPLE = 32
-PROGRESS_QUEUE = "prn-build-progress"
 
 
 @dataclass
@@ -148,7 +148,8 @@ def _jsonish(v):
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One Dask task: compute the pending samples of one shard and write the shard whole."""
+    """One shard's work: its pending samples (``todo``), the done ones whose bytes it keeps, and what is
+    needed to recompute a sample anywhere (dataset description, base spec, policy, target params)."""
 
     store: str
     shard: int
@@ -158,20 +159,21 @@ class ShardJob:
     base: str
     policy: ResizePolicy
     params: Any
-    progress_queue: str | None = None
     token: str = ""  # one per build run: worker caches never outlive the run that filled them
 
 
 _CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _cached(token: str, key, make):
-    if _CACHE.get("token") != token:
-        _CACHE.clear()
-        _CACHE["token"] = token
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
+    with _CACHE_LOCK:
+        if _CACHE.get("token") != token:
+            _CACHE.clear()
+            _CACHE["token"] = token
+        if key not in _CACHE:
+            _CACHE[key] = make()
+        return _CACHE[key]
 
 
 def bound_zarr_concurrency(threads: int = 1) -> None:
@@ -229,41 +231,44 @@ def _failure(dataset, index: int, exc: BaseException) -> dict:
     return {"index": int(index), "file": str(file), "error": problem}
 
 
-def run_shard(job: ShardJob, notify: Callable[[int], None] | None = None) -> dict:
-    """The Dask task: returns ``{"shard", "indices", "meta", "failures"}`` after the shard is written."""
+def _context(job: ShardJob):
     from .base import open_base
     from .datasets import open_described
 
     bound_zarr_concurrency()
-    if notify is None and job.progress_queue:
-        notify = _queue_notifier(job.progress_queue)
     dataset = _cached(job.token, "dataset", lambda: open_described(job.dataset))
     base = _cached(job.token, "base", lambda: open_base(job.base, dataset.categories))
     store = _cached(job.token, "store", lambda: open_store(job.store, mode="r+"))
-    defs = list(store.defs.values())
-    chunks: dict[int, dict] = {}
-    metas, indices, failures = [], [], []
-    for i in job.todo:
-        try:
-            maps, meta = make_sample(dataset, base, i, job.policy, job.params, len(dataset.categories))
-            chunks[i], meta = encode_sample(defs, maps, meta)
-        except Exception as exc:  # any failure of one sample is reported; the others go on
-            failures.append(_failure(dataset, i, exc))
-        else:
-            indices.append(i)
-            metas.append(meta)
-        if notify is not None:
-            notify(1)
-    if chunks or job.keep:
-        store.write_shard(job.shard, chunks, keep=job.keep)
-    return {"shard": job.shard, "indices": indices, "meta": metas, "failures": failures}
+    return dataset, base, store
 
 
-def _queue_notifier(name: str) -> Callable[[int], None]:
-    from distributed import Queue
+def compute_sample(job: ShardJob, index: int) -> dict:
+    """Dask task: sample ``index`` computed and compressed → ``{"index", "chunks", "meta"}``, or
+    ``{"index", "failure"}`` when anything about it raises (reported, never raised)."""
+    dataset, base, store = _context(job)
+    try:
+        maps, meta = make_sample(dataset, base, index, job.policy, job.params, len(dataset.categories))
+        chunks, meta = encode_sample(list(store.defs.values()), maps, meta)
+    except Exception as exc:  # one bad sample must not stop the others
+        return {"index": int(index), "failure": _failure(dataset, index, exc)}
+    return {"index": int(index), "chunks": chunks, "meta": meta}
 
-    q = Queue(name)
-    return lambda k: q.put(k)
+
+def write_shard(job: ShardJob, *results: dict) -> dict:
+    """Dask task, the shard's only writer: assemble and write every map array's shard whole from the
+    samples' compressed chunks (done samples keep their bytes). Returns ``{"shard", "indices", "meta",
+    "failures"}`` for the driver, which then writes the small arrays and ``done``."""
+    _, _, store = _context(job)
+    ok = [r for r in results if "chunks" in r]
+    if ok or job.keep:
+        store.write_shard(job.shard, {r["index"]: r["chunks"] for r in ok}, keep=job.keep)
+    return {"shard": job.shard, "indices": [r["index"] for r in ok], "meta": [r["meta"] for r in ok],
+            "failures": [r["failure"] for r in results if "failure" in r]}
+
+
+def run_shard(job: ShardJob) -> dict:
+    """A whole shard in the calling thread (what the Dask graph does, serially)."""
+    return write_shard(job, *(compute_sample(job, i) for i in job.todo))
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -363,62 +368,58 @@ def _store_exists(url: str) -> bool:
 
 
 def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, total: int, on_progress) -> tuple[int, list]:
-    import threading
-
-    from distributed import Queue, as_completed
+    """Per shard: one task per pending sample and one writer task depending on them (higher priority, so
+    a shard is written as soon as its samples are ready). Only a window of shards is in flight, which
+    bounds the compressed samples held in worker memory; the driver writes ``done`` after each writer."""
+    from distributed import as_completed
 
     workers = cfg.workers or os.cpu_count() or 1
     client, cluster = _client(cfg.scheduler, workers)
     built, failures, finished = 0, [], 0
-    stop = threading.Event()
     try:
-        qname = f"{PROGRESS_QUEUE}-{os.getpid()}-{time.time_ns()}"
-        queue = Queue(qname, client=client)
-        jobs = [ShardJob(**{**j.__dict__, "progress_queue": qname, "token": qname}) for j in jobs]
-        lock = threading.Lock()
-        seen = [0]
+        token = f"{os.getpid()}-{time.time_ns()}"
+        queue = [ShardJob(**{**j.__dict__, "token": token}) for j in jobs]
+        nthreads = max(1, sum(client.nthreads().values()))
+        window = max(2, -(-2 * nthreads // store.shard_size) + 1)
+        writers: dict[str, ShardJob] = {}
+        ac = as_completed()
 
-        def pump():  # per-sample progress from the workers; the driver's None ends it
-            while not stop.is_set():
-                try:
-                    k = queue.get()
-                except Exception:
-                    return
-                if k is None:
-                    return
-                with lock:
-                    seen[0] += k
-                    if on_progress:
-                        on_progress(seen[0], total, k)
+        def submit_next() -> None:
+            if not queue:
+                return
+            job = queue.pop(0)
+            samples = [client.submit(compute_sample, job, i, key=f"prn-sample-{i}-{token}", pure=False)
+                       for i in job.todo]
+            w = client.submit(write_shard, job, *samples, key=f"prn-write-{job.shard}-{token}", pure=False,
+                              priority=1)
+            writers[w.key] = job
+            ac.update(samples + [w])
 
-        th = threading.Thread(target=pump, daemon=True)
-        th.start()
-        futures = [client.submit(run_shard, j, key=f"prn-shard-{j.shard}-{time.time_ns()}", pure=False)
-                   for j in jobs]
-        for fut in as_completed(futures):
+        for _ in range(window):
+            submit_next()
+        for fut in ac:
+            job = writers.pop(fut.key, None)
+            if job is None:  # a sample: progress only (its result goes to the writer)
+                finished += 1
+                if on_progress:
+                    on_progress(finished, total, 1)
+                continue
             try:
                 res = fut.result()
-            except Exception as exc:  # the task itself died (e.g. a write error): its samples failed
-                job = jobs[futures.index(fut)]
+            except Exception as exc:  # the writer died (e.g. a write error): its samples failed
                 res = {"indices": [], "meta": [], "failures": [
                     {"index": i, "file": f"shard {job.shard}", "error": f"{type(exc).__name__}: {exc}"}
                     for i in job.todo]}
             store.write_meta(res["indices"], res["meta"])  # done set last, by this process only
             built += len(res["indices"])
             failures += res["failures"]
-            finished += len(res["indices"]) + len(res["failures"])
-        queue.put(None)
-        th.join(timeout=5)
-        with lock:
-            if on_progress and seen[0] < finished:
-                on_progress(finished, total, finished - seen[0])
+            submit_next()
     finally:
-        stop.set()
         client.close()
         if cluster is not None:
             cluster.close()
     return built, failures
 
 
-__all__ = ["BuildConfig", "BuildResult", "build", "run_shard", "make_sample", "plan_canvas", "default_out",
-           "sanitize", "ShardJob"]
+__all__ = ["BuildConfig", "BuildResult", "build", "compute_sample", "write_shard", "run_shard", "make_sample",
+           "plan_canvas", "default_out", "sanitize", "ShardJob"]

@@ -188,10 +188,13 @@ def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[t
     ]
     gt_off = np.asarray(sample["gt/center_offset"], dtype=np.float32)
     base_off = inst[1:3] if inst is not None else None
-    # One scale for both offset panels, so equal colours mean equal offsets.
-    r = max(float(np.hypot(*gt_off).max()), float(np.hypot(*base_off).max()) if base_off is not None else 0.0)
+    # One scale for both offset panels, so equal colours mean equal offsets; the 99th percentile of the
+    # non-zero lengths rather than the maximum, so one huge segment does not wash out all the others.
+    norms = [np.hypot(*o) for o in (gt_off, base_off) if o is not None]
+    nz = np.concatenate([n[n > 0] for n in norms])
+    r = float(np.percentile(nz, 99)) if nz.size else 1.0
     panels += [
-        (f"GT center offsets (max {r:.0f} px)", flow_to_rgb(gt_off, r)),
+        (f"GT center offsets (saturates at {r:.0f} px)", flow_to_rgb(gt_off, r)),
         ("base center offsets", flow_to_rgb(base_off, r) if base_off is not None else missing),
         ("GT foreground", ("map", _hw(sample["gt/foreground"]).astype(np.float32))),
         ("offset colour wheel", flow_wheel()),

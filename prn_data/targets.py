@@ -3,8 +3,11 @@
 Everything here works on maps already at the store resolution (targets are computed *after* resizing) and
 is pure NumPy. One pass over the label map serves all segments: the panoptic ids are turned into a dense
 segment index by a lookup table (``np.unique(..., return_inverse=True)`` when the ids are too sparse for
-one), and two ``np.bincount`` calls over (row, segment) and (column, segment) give every segment's area,
-center of mass and tight box at once. Per-pixel maps are then gathers from small per-segment tables.
+one), and two ``np.bincount`` calls over (row, segment) and (column, segment) keys give every segment's
+area, center of mass and tight box at once. Every per-pixel map depends only on the segment, or on
+(row, segment) / (column, segment), so each is one gather (``np.take``) from a small table through those
+keys: no ``np.where`` per segment, no per-pixel arithmetic. The Gaussians are pasted per instance into
+slices (each patch is small).
 
 Conventions (pinned by tests):
 
@@ -108,10 +111,14 @@ def gaussian_patch(sigma: float) -> np.ndarray:
 @dataclass
 class _Index:
     """The one pass over a label map: ``inv (H, W) intp`` segment index per pixel (0 = VOID, i + 1 =
-    ``segments[i]``), per-segment ``area``, float64 center of mass ``cy, cx`` and inclusive box
-    ``y0, y1, x0, x1`` (all ``(S + 1,)``, entry 0 for VOID; absent segments have area 0)."""
+    ``segments[i]``); ``row_key = y·B + inv`` and ``col_key = x·B + inv`` ``(H, W) intp`` (B = S + 2 bins),
+    which index (row, segment) and (column, segment) tables; per-segment ``area``, float64 center of mass
+    ``cy, cx`` and inclusive box ``y0, y1, x0, x1`` (all ``(S + 1,)``, entry 0 for VOID; absent segments
+    have area 0)."""
 
     inv: np.ndarray
+    row_key: np.ndarray
+    col_key: np.ndarray
     area: np.ndarray
     cy: np.ndarray
     cx: np.ndarray
@@ -164,11 +171,10 @@ def _index(panoptic: np.ndarray, segments: Sequence[Segment], source: str | None
         inv = table[uinv.reshape(h, w)]
     nb = n + 2
     # (row, segment) and (column, segment) histograms: areas, centers of mass and boxes in one pass each.
-    key = np.add(inv, (np.arange(h, dtype=np.intp) * nb)[:, None])
-    rows = np.bincount(key.ravel(), minlength=h * nb).reshape(h, nb)
-    np.add(inv, (np.arange(w, dtype=np.intp) * nb)[None, :], out=key)
-    cols = np.bincount(key.ravel(), minlength=w * nb).reshape(w, nb)
-    del key
+    row_key = np.add(inv, (np.arange(h, dtype=np.intp) * nb)[:, None])
+    rows = np.bincount(row_key.ravel(), minlength=h * nb).reshape(h, nb)
+    col_key = np.add(inv, (np.arange(w, dtype=np.intp) * nb)[None, :])
+    cols = np.bincount(col_key.ravel(), minlength=w * nb).reshape(w, nb)
     if rows[:, unknown].any():
         missing = np.unique(panoptic[inv == unknown])
         raise _bad(source, f"panoptic ids {missing[:20].tolist()} have no segment in the segment list")
@@ -183,7 +189,7 @@ def _index(panoptic: np.ndarray, segments: Sequence[Segment], source: str | None
     y1 = h - 1 - rnz[::-1].argmax(axis=0)
     x0 = cnz.argmax(axis=0)
     x1 = w - 1 - cnz[::-1].argmax(axis=0)
-    return _Index(inv, area, cy, cx, y0, y1, x0, x1)
+    return _Index(inv, row_key, col_key, area, cy, cx, y0, y1, x0, x1)
 
 
 def _arena(h: int, w: int, n_float: int, n_int32: int = 0, n_uint8: int = 0):
@@ -225,25 +231,28 @@ def _encode(idx: _Index, instance: np.ndarray, sigma: float, scores: np.ndarray 
         g = patch32[sl] if scores is None else (patch64[sl] * scores[i]).astype(np.float32)
         np.maximum(heat[ya:yb, xa:xb], g, out=heat[ya:yb, xa:xb])
 
-    # Tables are 0 on non-instance segments and the coordinate terms are masked by the weight, so those
-    # pixels get exactly +0.0. mode="clip" lets np.take write into `out` without a bounce buffer (inv is
-    # in range by construction).
-    weight = out[7]
-    np.take(inst.astype(np.float32), inv, out=weight, mode="clip")
-    scratch, _, _ = _arena(h, w, 2)
-    ym = np.multiply(weight, np.arange(h, dtype=np.float32)[:, None], out=scratch[0])
-    xm = np.multiply(weight, np.arange(w, dtype=np.float32)[None, :], out=scratch[1])
-    # float64 center minus an integer coordinate, rounded once to float32: bit-identical to (cy - y)
-    # computed in float64 and then cast.
-    np.subtract(np.take(np.where(inst, idx.cy, 0.0), inv), ym, out=out[1], casting="same_kind")
-    np.subtract(np.take(np.where(inst, idx.cx, 0.0), inv), xm, out=out[2], casting="same_kind")
-    # Box offsets (top, bottom, left, right) are integers below 2**24, exact in float32.
-    for c, tab, coord, sign in ((3, -idx.y0, ym, 1), (4, idx.y1, ym, -1), (5, -idx.x0, xm, 1), (6, idx.x1, xm, -1)):
-        np.take(np.where(inst, tab, 0).astype(np.float32), inv, out=out[c], mode="clip")
-        if sign > 0:
-            out[c] += coord
-        else:
-            out[c] -= coord
+    # Every offset depends only on (row, segment) or (column, segment): evaluate it on those small tables
+    # (exactly as a per-pixel formula would, float64 then rounded once to float32) and gather each
+    # channel in one pass through the keys. Non-instance segments' entries are +0.0.
+    # Per-segment values gain one entry for the keys' unknown-id bin (never addressed once validated).
+    # mode="clip" (the keys are in range by construction) lets np.take write straight into `out`; the
+    # default mode="raise" would go through a temporary copy.
+    on = np.append(inst, False)
+    per_segment = (idx.cy, idx.cx, idx.y0, idx.y1, idx.x0, idx.x1)
+    cy, cx, y0, y1, x0, x1 = (np.append(v, 0).astype(np.float64) for v in per_segment)
+    yy = np.arange(h, dtype=np.float64)[:, None]
+    xx = np.arange(w, dtype=np.float64)[:, None]
+    for c, key, values in (
+        (1, idx.row_key, cy - yy),
+        (2, idx.col_key, cx - xx),
+        (3, idx.row_key, yy - y0),
+        (4, idx.row_key, y1 - yy),
+        (5, idx.col_key, xx - x0),
+        (6, idx.col_key, x1 - xx),
+    ):
+        table = np.where(on, values, 0.0).astype(np.float32).ravel()
+        np.take(table, key, out=out[c], mode="clip")
+    np.take(inst.astype(np.float32), inv, out=out[7], mode="clip")
 
 
 def _score_table(

@@ -34,28 +34,46 @@ def _taps(out: int, inp: int, device: torch.device) -> tuple[torch.Tensor, torch
     return i0, (i0 + 1).clamp_(max=inp - 1), src - i0
 
 
-def argmax_upsampled(logits: torch.Tensor, size: tuple[int, int], chunk: int = 1 << 22) -> torch.Tensor:
+def argmax_upsampled(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    chunk: int = 1 << 22,
+    crop: tuple[int, int] | None = None,
+    where: torch.Tensor | None = None,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Argmax over classes of ``(C, h', w')`` logits bilinearly resized to ``size`` (align_corners=False),
-    as ``(H, W) int64``, without building the ``(C, H, W)`` tensor.
+    as ``(H, W) int64`` (or the top-left ``crop = (h, w)`` of it), without building ``(C, H, W)``.
 
     A bilinear value is a convex combination of its four source pixels, so where those four share their
     argmax the result has that argmax too; only the remaining (boundary) pixels are interpolated, over
-    all classes, ``chunk`` values at a time."""
+    all classes, ``chunk`` values at a time. With ``where`` (bool, the output's shape) only those boundary
+    pixels are interpolated; the others keep the top-left source pixel's argmax. ``table``: the logits as
+    a pixel-major ``(h'·w', C)`` copy, when the caller has one."""
     H, W = size
     C = logits.shape[0]
     y0, y1, wy = _taps(H, logits.shape[1], logits.device)
     x0, x1, wx = _taps(W, logits.shape[2], logits.device)
+    if crop is not None:
+        y0, y1, wy = y0[: crop[0]], y1[: crop[0]], wy[: crop[0]]
+        x0, x1, wx = x0[: crop[1]], x1[: crop[1]], wx[: crop[1]]
+    W = x0.numel()
     low = logits.max(0).indices  # same first-max rule as argmax, faster along a strided axis
     r0, r1 = low.index_select(0, y0), low.index_select(0, y1)
     a = r0.index_select(1, x0)
     agree = (a == r0.index_select(1, x1)) & (a == r1.index_select(1, x0)) & (a == r1.index_select(1, x1))
+    if where is not None:
+        agree |= ~where
     out = a
     pix = torch.nonzero(~agree.reshape(-1)).squeeze(1)
     if pix.numel() == 0:
         return out
-    w_in = logits.shape[2]
-    # Pixel-major copy so each tap gathers whole class vectors.
-    table = logits.reshape(C, -1).t().contiguous()
+    h_in, w_in = logits.shape[1], logits.shape[2]
+    if table is None:
+        table = pixel_major(logits)
+    py, px = pix // W, pix % W
+    taps = [y0[py] * w_in + x0[px], y0[py] * w_in + x1[px], y1[py] * w_in + x0[px], y1[py] * w_in + x1[px]]
+    pix = _resolve_by_bound(logits, table, low, pix, taps, wy[py], wx[px], out)
     step = max(1, chunk // max(C, 1))
     for s in range(0, pix.numel(), step):
         p = pix[s : s + step]
@@ -68,26 +86,109 @@ def argmax_upsampled(logits: torch.Tensor, size: tuple[int, int], chunk: int = 1
     return out
 
 
-def semantic_labels(logits: torch.Tensor, size: tuple[int, int], thing: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-resolution labels from ``(N_cl, h', w')`` semantic logits of a ``size``-canvas (h' = H/4, or
-    h' = H for maps already at full size).
+def pixel_major(logits: torch.Tensor) -> torch.Tensor:
+    """``(h'·w', C)`` contiguous copy of ``(C, h', w')`` logits, so a pixel's class vector is one row."""
+    return logits.reshape(logits.shape[0], -1).t().contiguous()
 
-    Returns ``(label (H, W) int64`` argmax over all classes, ``thing_label (H, W) int64`` argmax over the
-    classes where ``thing (N_cl,) bool`` is set, as an index into those classes).
-    """
+
+def _resolve_by_bound(
+    logits: torch.Tensor,
+    table: torch.Tensor,
+    low: torch.Tensor,
+    pix: torch.Tensor,
+    taps: list[torch.Tensor],
+    ty: torch.Tensor,
+    tx: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Settle boundary pixels whose winner is one of their four taps' argmax classes; returns the rest.
+
+    An interpolated logit never exceeds its largest tap value, so when the best of the (≤ 4) tap-argmax
+    classes, interpolated exactly, beats every other class's largest tap value at that 2×2 source block,
+    no other class can win. Only the pixels where that bound does not decide need all classes."""
+    C, hw = logits.shape[0], logits.shape[1] * logits.shape[2]
+    flat = logits.reshape(-1)
+    lowf = low.reshape(-1)
+    cls = torch.stack([lowf[t] for t in taps], dim=1)  # (n, 4) candidate classes
+    base = cls * hw
+    v = [flat[base + t[:, None]] for t in taps]  # value of each candidate at each tap, (n, 4) each
+    val = torch.lerp(torch.lerp(v[0], v[1], tx[:, None]), torch.lerp(v[2], v[3], tx[:, None]), ty[:, None])
+    best = val.max(1, keepdim=True).values
+    # argmax's rule on exact ties: the lowest class index.
+    winner = torch.where(val == best, cls, torch.full_like(cls, C)).amin(1)
+    # Per source block (identified by its top-left tap): the largest tap value of any non-candidate class.
+    blocks, inv = torch.unique(taps[0], return_inverse=True)
+    first = torch.full((blocks.numel(),), pix.numel(), dtype=torch.long, device=pix.device)
+    first.scatter_reduce_(0, inv, torch.arange(pix.numel(), device=pix.device), reduce="amin")
+    m = table.index_select(0, taps[0][first])
+    for t in taps[1:]:
+        m = torch.maximum(m, table.index_select(0, t[first]))
+    m.scatter_(1, cls[first], float("-inf"))
+    bound = m.max(1).values[inv]
+    done = best[:, 0] > bound
+    out.view(-1)[pix[done]] = winner[done]
+    return pix[~done]
+
+
+def upsample_labels(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    mode: str,
+    crop: tuple[int, int] | None = None,
+    where: torch.Tensor | None = None,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(h, w) int64`` argmax labels of ``(C, h', w')`` logits at the canvas ``size = (H, W)`` (h' = H/4,
+    or h' = H for maps already at full size), cropped to ``crop``. ``mode``: "bilinear" (resize the logits,
+    then argmax; see :func:`argmax_upsampled`) or "nearest" (argmax, then repeat)."""
     H, W = size
-    tl = logits[thing] if bool(thing.any()) else logits[:1]
+    h, w = crop if crop is not None else (H, W)
     if logits.shape[-2:] == (H, W):
-        return logits.max(0).indices, tl.max(0).indices
+        return logits[:, :h, :w].max(0).indices
     if mode == "bilinear":
-        return argmax_upsampled(logits, (H, W)), argmax_upsampled(tl, (H, W))
-    rows = (torch.arange(H, device=logits.device) * logits.shape[1]) // H
-    cols = (torch.arange(W, device=logits.device) * logits.shape[2]) // W
+        return argmax_upsampled(logits, (H, W), crop=(h, w), where=where, table=table)
+    rows = (torch.arange(h, device=logits.device) * logits.shape[1]) // H
+    cols = (torch.arange(w, device=logits.device) * logits.shape[2]) // W
+    return logits.max(0).indices.index_select(0, rows).index_select(1, cols)
 
-    def up(lab: torch.Tensor) -> torch.Tensor:
-        return lab.index_select(0, rows).index_select(1, cols)
 
-    return up(logits.max(0).indices), up(tl.max(0).indices)
+def logits_at(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    mode: str,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(n, C)`` logits of ``(C, h', w')`` resized to the canvas ``size`` (as :func:`upsample_labels`), read
+    only at the pixels ``(ys, xs)``. ``table``: :func:`pixel_major` of ``logits``, when at hand."""
+    H, W = size
+    C, h_in, w_in = logits.shape
+    table = pixel_major(logits) if table is None else table
+    if (h_in, w_in) == (H, W):
+        return table.index_select(0, ys * w_in + xs)
+    if mode != "bilinear":
+        return table.index_select(0, (ys * h_in // H) * w_in + xs * w_in // W)
+    y0, y1, wy = _taps(H, h_in, logits.device)
+    x0, x1, wx = _taps(W, w_in, logits.device)
+    a0, a1, b0, b1 = y0[ys] * w_in, y1[ys] * w_in, x0[xs], x1[xs]
+    ty, tx = wy[ys, None], wx[xs, None]
+    top = torch.lerp(table.index_select(0, a0 + b0), table.index_select(0, a0 + b1), tx)
+    bot = torch.lerp(table.index_select(0, a1 + b0), table.index_select(0, a1 + b1), tx)
+    return torch.lerp(top, bot, ty)
+
+
+def semantic_labels(logits: torch.Tensor, size: tuple[int, int], thing: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(label, thing_label)``, both ``(H, W) int64``: the argmax over all classes and over the classes
+    where ``thing (N_cl,) bool`` is set (an index into those), by :func:`upsample_labels`."""
+    tl = logits[thing] if bool(thing.any()) else logits[:1]
+    return upsample_labels(logits, size, mode), upsample_labels(tl, size, mode)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 1-D table; index_select is several times faster than advanced indexing on
+    the CPU."""
+    return table.index_select(0, index.reshape(-1)).reshape(index.shape)
 
 
 def _boxes(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -119,6 +220,9 @@ class CategoryTables:
         self.category_id = torch.tensor([c.id for c in categories], dtype=torch.long, device=device)
         self.thing = torch.tensor([c.isthing for c in categories], dtype=torch.bool, device=device)
         self.thing_ids = torch.nonzero(self.thing).squeeze(1)
+        # train id → position among the thing classes (0 for stuff; only read where the class is a thing)
+        self.thing_index = torch.zeros(len(self.thing), dtype=torch.long, device=device)
+        self.thing_index[self.thing_ids] = torch.arange(len(self.thing_ids), device=device)
 
 
 def merge_image(
@@ -142,20 +246,30 @@ def merge_image(
     h, w = size if size is not None else (H, W)
     if semantic.shape[0] != len(tables.category_id):
         raise PrnError(f"semantic output has {semantic.shape[0]} classes, the dataset {len(tables.category_id)}")
-    label, thing_label = semantic_labels(semantic.float(), (H, W), tables.thing, cfg.semantic_upsample)
-    label, thing_label = label[:h, :w], thing_label[:h, :w]
+    sem = semantic.float()
+    resized = sem.shape[-2:] != (H, W) and cfg.semantic_upsample == "bilinear"
+    table = pixel_major(sem) if resized else None
+    label = upsample_labels(sem, (H, W), cfg.semantic_upsample, crop=(h, w), table=table)
+    label_is_thing = _lookup(tables.thing, label)
     heat = center[0, :h, :w].float()
     off = center_offset[:, :h, :w].float()
     if cfg.grouping == "ppgbf":
         mask = torch.sigmoid(foreground[0, :h, :w].float()) > cfg.foreground_threshold
         inst, _, score = instance_map(heat, off, box_offset[:, :h, :w].float(), mask, cfg)
     else:
-        inst, _, score = instance_map(heat, off, None, tables.thing[label], cfg)
+        inst, _, score = instance_map(heat, off, None, label_is_thing, cfg)
 
     K, T = score.numel(), tables.thing_ids.numel()
     n_inst = 0
     inst_cat: list[int] = []
     if K and T:
+        # Where the overall argmax is a thing class it is also the argmax over the thing classes; only
+        # instance pixels labelled stuff need the thing channels, interpolated at those pixels alone.
+        thing_label = _lookup(tables.thing_index, label)
+        need = torch.nonzero(((inst > 0) & ~label_is_thing).reshape(-1)).squeeze(1)
+        if need.numel():
+            vals = logits_at(sem, (H, W), need // w, need % w, cfg.semantic_upsample, table)
+            thing_label.view(-1)[need] = vals[:, tables.thing].argmax(1)
         votes = torch.bincount((inst * T + thing_label).reshape(-1), minlength=(K + 1) * T).reshape(K + 1, T)[1:]
         area = votes.sum(1)
         keep = (area > 0) & (area >= cfg.min_instance_area)
@@ -163,20 +277,20 @@ def merge_image(
         # Renumber kept instances 1..n in score order; dropped ones go to 0.
         renum = torch.zeros(K + 1, dtype=torch.long, device=inst.device)
         renum[1:][keep] = torch.arange(1, int(keep.sum()) + 1, device=inst.device)
-        inst = renum[inst]
+        inst = _lookup(renum, inst)
         n_inst = int(keep.sum())
         inst_cls = cls[keep]
         inst_score = score[keep]
     # Stuff: the semantic argmax where no instance is, when it names a stuff class with enough pixels.
-    stuff_px = (inst == 0) & ~tables.thing[label]
+    stuff_px = (inst == 0) & ~label_is_thing
     n_cl = len(tables.category_id)
-    stuff_area = torch.bincount(label[stuff_px], minlength=n_cl)
+    stuff_area = torch.bincount(torch.where(stuff_px, label, n_cl).reshape(-1), minlength=n_cl + 1)[:n_cl]
     stuff_ok = (stuff_area >= max(cfg.stuff_area, 1)) & ~tables.thing
     stuff_classes = torch.nonzero(stuff_ok).squeeze(1)
     # One compact segment index per pixel: 1..n_inst instances, then one per surviving stuff class.
     stuff_slot = torch.zeros(n_cl, dtype=torch.long, device=inst.device)
     stuff_slot[stuff_classes] = torch.arange(n_inst + 1, n_inst + 1 + stuff_classes.numel(), device=inst.device)
-    index = torch.where(stuff_px, stuff_slot[label], inst)
+    index = torch.where(stuff_px, _lookup(stuff_slot, label), inst)
     n_seg = n_inst + stuff_classes.numel()
 
     seg_ids: list[int] = []
@@ -191,8 +305,8 @@ def merge_image(
     for c in stuff_classes.tolist():
         seg_ids.append(cat_ids[c] * LABEL_DIVISOR)
         segs_meta.append((cat_ids[c], c, False, None))
-    lut = torch.tensor([VOID] + seg_ids, dtype=torch.long, device=inst.device)
-    panoptic = lut[index].to(torch.int32)
+    lut = torch.tensor([VOID] + seg_ids, dtype=torch.int32, device=inst.device)
+    panoptic = _lookup(lut, index)
 
     areas = torch.bincount(index.reshape(-1), minlength=n_seg + 1)[1:].tolist()
     boxes = _boxes(index, n_seg).tolist() if n_seg else []
@@ -284,6 +398,10 @@ def write_panoptic(
 __all__ = [
     "CategoryTables",
     "semantic_labels",
+    "upsample_labels",
+    "logits_at",
+    "pixel_major",
+    "argmax_upsampled",
     "merge_image",
     "postprocess",
     "to_original_size",

@@ -251,12 +251,13 @@ def instance_map(
         return inst, yx, score
     flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
     pyx = torch.stack([flat // W, flat % W], dim=1)
-    off = center_offset.reshape(2, -1)[:, flat].t()
+    # index_select: several times faster than advanced indexing on the CPU
+    off = center_offset.reshape(2, -1).index_select(1, flat).t()
     target = pyx.to(off.dtype) + off
     pbox = cbox = None
     if box_offset is not None:
         bo = box_offset.reshape(4, -1)
-        pbox = boxes_from_offsets(pyx, bo[:, flat].t())
+        pbox = boxes_from_offsets(pyx, bo.index_select(1, flat).t())
         cbox = boxes_from_offsets(yx, bo[:, yx[:, 0] * W + yx[:, 1]].t())
     k = group_pixels(target, yx.to(target.dtype), pbox, cbox, cfg.box_iou, cfg.chunk_pairs)
     inst.view(-1)[flat] = k + 1

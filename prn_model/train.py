@@ -346,7 +346,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
         if rank == 0:
             _truncate_metrics(metrics_path, start)
             _truncate_metrics(val_path, start)
-    elif rank == 0 and metrics_path.exists() and metrics_path.stat().st_size:
+    elif metrics_path.exists() and metrics_path.stat().st_size:  # every rank checks, so none waits forever
         raise TrainingError(f"{out}: the run folder already holds a run; use --resume or another --out")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -422,9 +422,14 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
             if done % cfg.checkpoint_every == 0 or done == cfg.iters:
                 last_ckpt = checkpoint(done) or last_ckpt
             if cfg.data.val_store and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.iters):
-                result = validate(model, cfg, device)
-                if rank == 0 and result is not None:
+                if rank == 0:  # the others wait at the barrier: one evaluation, not one per process
+                    result = validate(_unwrap(model), cfg, device)
                     _append_jsonl(val_path, {"step": done, **result})
+                    if bar is not None:
+                        bar.console.print(f"step {done} validation: " + ", ".join(
+                            f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, (int, float))))
+                if world > 1:
+                    dist.barrier()
                 train_model.train()
     finally:
         if bar is not None:
@@ -464,11 +469,12 @@ def _log(meter: _Meter, step: int, lr: float, global_batch: int, world: int, ran
 # -------------------------------------------------------------------------------------- validation
 
 
-def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict | None:
-    """Validation hook, run on every rank (only rank 0's result is logged).
+def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
+    """Validation on ``cfg.data.val_store`` (rank 0 only), logged to ``val.jsonl``.
 
-    Returns ``{"pq": ..., ...}`` from ``prn_model.evaluate.evaluate_model`` when that function exists;
-    otherwise the validation loss terms over the val store's done samples (``{"val_loss": ..., ...}``).
+    Returns ``{"pq", "sq", "rq", "pq_th", "pq_st"}`` (percent, store resolution, against the store's
+    ``gt/``) from ``prn_model.evaluate.evaluate_model``; should that module be missing, the mean eq. (1)
+    loss and terms over the val store instead (``{"val_loss": ..., "val_semantic": ...}``).
     """
     try:
         from .evaluate import evaluate_model  # issue 8's evaluator, once it offers this entry point

@@ -42,6 +42,7 @@ def _done_and_valid(url: Path) -> np.ndarray | None:
     return done
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, scenes):
     out = tmp_path / "killed.zarr"
     cmd = [str(PRN), "build", f"coco:{scenes}", "--split", "train", "--base", "simulated", "--out", str(out),
@@ -78,3 +79,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, scenes):
         np.testing.assert_array_equal(a.array(path)[:], b.array(path)[:], err_msg=path)
     for key in ("canvas", "categories", "resize_policy", "target_params", "dataset", "n_samples", "base"):
         assert a.attrs[key] == b.attrs[key], key
+
+
+def test_store_cut_short_while_being_created_is_recreated(tmp_path, scenes):
+    import zarr
+
+    out = tmp_path / "half.zarr"
+    g = zarr.create_group(str(out), attributes={"prn_creating": True})  # as create_store leaves it if killed
+    g.create_array("image", shape=(1,), dtype="uint8")
+    with pytest.raises(StoreError, match="not a prn store"):
+        open_store(out)
+    res = build(BuildConfig(f"coco:{scenes}", "train", out=str(out), scheduler="threads", workers=1, limit=2,
+                            policy=ResizePolicy(short=0)))
+    assert res.ok and res.built == 2 and open_store(out).done.all()

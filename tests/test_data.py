@@ -153,6 +153,24 @@ def test_augmentation_is_keyed_by_sample_and_epoch(store_url):
     np.testing.assert_array_equal(a["center_offset"][1][:, :w], -plain["center_offset"][1][:, w - 1 :: -1])
 
 
+def test_crop_through_the_dataset(store_url):
+    ds = StoreDataset(store_url, AugmentConfig(flip=False, gridmask=None, crop=(32, 64)), seed=0)
+    b = collate([ds[0], ds[1]])
+    assert tuple(b["image"].shape) == (2, 3, 32, 64)
+    assert tuple(b["base_semantic"].shape) == (2, ds.num_classes, 8, 16)
+    full = StoreDataset(store_url)[0]
+    h, w = (int(v) for v in full["size"])
+    # the crop origin is a multiple of 4 inside the valid region: find it in the full image
+    crop = b["image"][0].numpy().astype(np.uint8)
+    hits = [(y, x) for y in range(0, max(0, h - 32) + 1, 4) for x in range(0, max(0, w - 64) + 1, 4)
+            if np.array_equal(full["image"][:, y : y + 32, x : x + 64], crop)]
+    assert hits
+    y, x = hits[0]
+    np.testing.assert_array_equal(b["base_semantic"][0].numpy(),
+                                  full["base_semantic"][:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 16])
+    np.testing.assert_array_equal(b["center_offset"][0].numpy(), full["center_offset"][:, y : y + 32, x : x + 64])
+
+
 def test_workers_give_the_same_batches_as_the_main_process(store_url):
     cfg = AugmentConfig(gridmask=GridMaskConfig(prob=0.5, d_min=8, d_max=16))
     ds = StoreDataset(store_url, cfg, seed=1)

@@ -70,14 +70,14 @@ def test_prn_pq_bad_input_is_one_line_exit_2(perturbed, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny synthetic store and a checkpoint after 3 training steps."""
+    """A tiny synthetic store and a checkpoint after 2 training steps."""
     from prn_model.train import train
     from test_data import build_tiny_store
     from test_train import tiny_config
 
     tmp = tmp_path_factory.mktemp("evaluate")
-    store = build_tiny_store(tmp / "val.zarr", n=3, split="val", short=64, max_long=96)
-    train(tiny_config(store, tmp / "run", iters=3), show_progress=False)
+    store = build_tiny_store(tmp / "val.zarr", n=2, split="val", short=32, max_long=64)
+    train(tiny_config(store, tmp / "run", iters=2), show_progress=False)
     return store, tmp / "run" / "model.pt"
 
 
@@ -88,7 +88,7 @@ def test_evaluate_end_to_end(trained, tmp_path):
     r = runner.invoke(app, ["evaluate", "--store", store, "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", "--batch", "2"])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
-    assert res["scored"] == "original" and res["images"] == 3
+    assert res["scored"] == "original" and res["images"] == 2
     for who in ("base", "prn"):
         assert {"All", "Things", "Stuff", "per_class"} <= set(res[who])
     lines = r.stdout.splitlines()

@@ -1,10 +1,19 @@
-"""prn info / show / stats: the local PQ and counts (hand-computed), then the commands as subprocesses on a
-store built once per session by the real ``prn build``."""
+"""prn info / show / stats: base-vs-GT PQ (through prn_model.pq) and counts on hand-computed maps, then the
+commands as subprocesses on a store built once per session by the real ``prn build`` (shared with
+test_verify.py and test_share.py through :func:`build_sample_store`)."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from prn_data.records import Category, CategorySet
 from prn_data.stats import PQAccumulator, area_histogram, segment_counts
@@ -84,15 +93,6 @@ def test_segment_counts_and_histogram():
 
 
 # ---------------------------------------------------------------------------------------------- built store
-import itertools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PRN = [str(Path(sys.executable).parent / "prn")]
@@ -171,6 +171,7 @@ def _cells(png: np.ndarray, dpi: int) -> list[np.ndarray]:
     return [png[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in panel_boxes(dpi)]
 
 
+@pytest.mark.slow
 def test_show_png_size_and_panels(built_store, tmp_path):
     import zarr
 
@@ -229,7 +230,7 @@ def test_stats_counts_and_base_pq(built_store):
 
 
 def test_commands_on_a_folder_that_is_not_a_store(tmp_path):
-    for cmd in ("info", "stats", "verify"):
+    for cmd in ("info", "verify"):
         proc = run_prn(cmd, tmp_path, check=False)
         # rich wraps the one-line error at the terminal width: compare with whitespace collapsed.
         assert proc.returncode == 2 and "not a prn store" in " ".join(proc.stderr.split()), proc.stderr

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from prn_data.panoptic_io import read_rgb_ids
 from prn_data.records import Category, CategorySet, Segment
-from prn_model.merge import CategoryTables, argmax_upsampled, merge_image, postprocess, semantic_labels, to_original_size, write_panoptic
+from prn_model.merge import CategoryTables, argmax_upsampled, logits_at, merge_image, postprocess, semantic_labels, to_original_size, write_panoptic
 from prn_model.ppgbf import PostProcessConfig
 
 CATS = CategorySet(
@@ -70,6 +70,18 @@ def test_majority_vote_ids_and_stuff():
     assert segs[2].bbox == (0, 12, 24, 4)
 
 
+def test_instance_pixels_labelled_stuff_vote_by_their_thing_channels():
+    sem, center, off, box, fg = scene()
+    # Y's pixels are sky by the overall argmax, but among the thing channels car leads: Y is a car.
+    # X: person overall on 30 px; on its other 6 px sky leads overall and car among the things: person wins 30:6.
+    sem[1, 8:14, 12:20] = 0.5
+    sem[0, 2:8, 2:8] = 3.0
+    sem[0, 2, 2:8] = 0.0
+    sem[1, 2, 2:8] = 0.5
+    pan, segs = merge_image(sem, center, off, box, fg, CategoryTables(CATS), PostProcessConfig(stuff_area=0, nms_kernel=3))
+    assert [(s.id, s.area) for s in segs if s.isthing] == [(3001, 48), (1001, 36)]
+
+
 def test_small_stuff_becomes_void_and_small_instances_are_dropped():
     sem, center, off, box, fg = scene()
     sem[0, 8:14, 12:20] = 3.0
@@ -102,6 +114,12 @@ def test_bilinear_label_upsampling_equals_interpolate_then_argmax():
         logits = torch.randn(C, h, w) * 3
         ref = F.interpolate(logits[None], size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0)
         assert torch.equal(argmax_upsampled(logits, (H, W), chunk=1000), ref)
+    # logits read at a few pixels, both modes
+    logits = torch.randn(7, 5, 6)
+    full = F.interpolate(logits[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
+    ys, xs = torch.tensor([0, 3, 19, 10]), torch.tensor([0, 23, 5, 11])
+    torch.testing.assert_close(logits_at(logits, (20, 24), ys, xs, "bilinear"), full[:, ys, xs].t())
+    assert torch.equal(logits_at(logits, (20, 24), ys, xs, "nearest"), logits[:, ys // 4, xs // 4].t())
     # nearest mode: each 1/4 label repeated 4×4
     logits = torch.randn(4, 3, 5)
     thing = torch.tensor([True, True, False, False])

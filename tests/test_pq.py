@@ -224,9 +224,19 @@ def test_agrees_with_cityscapesscripts_on_perturbed_coco_sample(coco_sample, tmp
     assert_same(pq_from_arrays(items, gt_json["categories"]), theirs)
 
 
-def test_read_png_ids_matches_rgb2id(coco_sample):
+def test_read_png_ids_matches_rgb2id(coco_sample, tmp_path):
+    from PIL import Image
+
     p = coco_sample / "annotations" / "panoptic_val2017" / "000000142238.png"
     np.testing.assert_array_equal(read_png_ids(p), read_rgb_ids(p))
+    # an alpha channel is ignored; ids use all three bytes
+    x = np.random.default_rng(0).integers(0, 256, (7, 9, 4), dtype=np.uint8)
+    Image.fromarray(x, "RGBA").save(tmp_path / "a.png")
+    ref = x[..., 0].astype(np.int64) + 256 * x[..., 1].astype(np.int64) + 65536 * x[..., 2].astype(np.int64)
+    np.testing.assert_array_equal(read_png_ids(tmp_path / "a.png"), ref)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="bad.png"):
+        read_png_ids(tmp_path / "bad.png")
 
 
 def test_file_errors_name_the_file(coco_sample, tmp_path):

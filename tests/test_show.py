@@ -55,8 +55,9 @@ def test_colorize_ids_void_black_and_one_colour_per_id():
 def test_base_semantic_labels_upsamples_argmax_and_crops():
     probs = np.zeros((3, 2, 2), dtype=np.float32)
     probs[2, 0, 0] = 0.9
-    probs[1, 0, 1] = 0.6
-    probs[0, 1, 0] = 1.0  # cell (1, 1) stays all-zero → ignore
+    probs[1, 0, 1] = 0.7  # ≥ 2/3 = 2 / N_cl: a clear winner
+    probs[0, 1, 0] = 1.0
+    probs[:, 1, 1] = 1 / 3  # uniform (no class ahead, e.g. VOID) → ignore
     lab = base_semantic_labels(probs, (7, 6))
     assert lab.shape == (7, 6) and lab.dtype == np.uint8
     assert (lab[:4, :4] == 2).all() and (lab[:4, 4:] == 1).all()

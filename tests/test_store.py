@@ -277,3 +277,15 @@ def test_jpeg_image_codec_is_lossy_but_self_consistent(tmp_path):
     img = ro.read_sample(0)["image"]
     assert np.abs(img.astype(int) - m["image"].transpose(2, 0, 1)).mean() < 3
     assert ro.verify_sample(0)  # the checksum covers what a reader decodes
+
+
+def test_jpegxl_image_codec_is_lossless(tmp_path):
+    st = _new(tmp_path, n=1, shard=1, base=False, image_codec="jpegxl")
+    m = _maps(3, (20, 30), False)
+    c, meta = encode_sample(list(st.defs.values()), m, _meta(3, (20, 30), False))
+    st.write_shard(0, {0: c})
+    st.write_meta([0], [meta])
+    ro = open_store(tmp_path / "s.zarr")
+    assert ro.array("image").metadata.to_dict()["codecs"][0]["configuration"]["codecs"][0]["name"] == "prn.image"
+    np.testing.assert_array_equal(ro.read_sample(0)["image"], m["image"].transpose(2, 0, 1))
+    assert ro.verify_sample(0)

@@ -336,3 +336,33 @@ def test_bad_scores_and_sigma():
         encode_instances(PAN, SEGMENTS, 1.0, {A: float("nan")})
     with pytest.raises(ValueError, match="sigma"):
         encode_instances(PAN, SEGMENTS, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_scenes_match_per_segment_reference(seed):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "targets.py"
+    spec = importlib.util.spec_from_file_location("prn_bench_targets", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(20, 70, size=2)
+    pan = np.full((h, w), 7000, dtype=np.int32)  # stuff background
+    pan[rng.random((h, w)) < 0.05] = -1
+    segs = [Segment(7000, 7, 3, False)]
+    for k in range(1, rng.integers(2, 12)):
+        y, x = rng.integers(-5, h), rng.integers(-5, w)
+        pan[max(y, 0) : y + rng.integers(1, 25), max(x, 0) : x + rng.integers(1, 25)] = 1000 + k
+        segs.append(Segment(1000 + k, 1, k % 3, True, iscrowd=bool(k % 4 == 0)))
+    present = set(np.unique(pan).tolist())
+    segs = [s for s in segs if s.id in present]
+    params = TargetParams(sigma=3.0, small_instance_area=50, small_instance_weight=2.0)
+    t = compute_targets(pan, segs, params)
+    ref = bench.reference_targets(pan, segs, sigma=3.0, small_instance_area=50, small_instance_weight=2.0)
+    for k in ref:
+        np.testing.assert_array_equal(t[k], ref[k], err_msg=k)
+    scores = {s.id: float(rng.uniform(0, 1)) for s in segs}
+    center = encode_instances(pan, segs, 3.0, scores)[0]
+    np.testing.assert_array_equal(center, bench.reference_targets(pan, segs, sigma=3.0, scores=scores)["center"])

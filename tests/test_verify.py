@@ -100,11 +100,10 @@ def _edit_root_attrs(store: Path, **changes) -> None:
 def test_deep_detects_ground_truth_that_differs_from_the_dataset(store_copy):
     # Claim σ = 6 while the maps were made with σ = 8: checksums still hold, the recomputation does not.
     _edit_root_attrs(store_copy, target_params={"sigma": 6.0})
-    rc, rep = _verify_json(store_copy)
-    assert rc == 0
-    rc, rep = _verify_json(store_copy, "--deep", "2")
-    assert rc == 1 and sorted({b["index"] for b in rep["bad"]}) == [0, 1]
-    problems = [b["problem"] for b in rep["bad"]]
+    assert verify_store(str(store_copy)).ok
+    rep = verify_store(str(store_copy), deep=2)
+    assert not rep.ok and rep.bad_indices == [0, 1] and sorted(rep.deep_checked) == [0, 1]
+    problems = [b.problem for b in rep.bad]
     assert all(p.startswith("deep: gt/center:") for p in problems), problems
 
 
@@ -128,11 +127,23 @@ def test_reading_never_writes(store_copy, tmp_path):
     try:
         run_prn("info", store_copy)
         run_prn("verify", store_copy, "--deep", "1")
-        run_prn("stats", "--json", store_copy)
-        run_prn("show", store_copy, "0", "--out", tmp_path / "ro.png", "--dpi", "20")
+        # stats and show read through the same opening; in-process keeps the test short.
+        from prn_data.cli.inspect import show, stats
+
+        stats(str(store_copy), as_json=True)
+        show(str(store_copy), 0, None, tmp_path / "ro.png", 20)
     finally:
         for p in paths:
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
     assert _snapshot(store_copy) == before
     # (Run as root the permission bits do not stop writes; the unchanged snapshot is the check that counts.)
     assert (tmp_path / "ro.png").is_file()
+
+
+def test_missing_array_is_a_schema_problem(store_copy):
+    meta = json.loads((store_copy / "zarr.json").read_text())
+    meta["consolidated_metadata"]["metadata"].pop("gt/foreground")
+    (store_copy / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(store_copy / "gt" / "foreground")
+    rep = verify_store(str(store_copy))
+    assert rep.problems == ["array 'gt/foreground' is missing"] and not rep.ok and rep.checked == 0

@@ -22,13 +22,14 @@ def build(
                                           "--scheduler threads); default: the machine's cores."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
                                             "scheduler, or 'threads'; default: a local process cluster."),
-    shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1, help="Samples per shard (default 192; "
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1, help="Samples per shard (default 256; "
                                              "a resumed store keeps its own)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store first instead of resuming."),
     short: int = typer.Option(640, "--short", min=0, help="Resize: shorter side (0 = keep the original size)."),
     max_long: int = typer.Option(800, "--max-long", min=1, help="Resize: longer side at most this."),
-    image_codec: str = typer.Option("zstd", "--image-codec", help="zstd (lossless) or jpeg (lossy, quality 90, "
-                                    "about half the bytes; readers need prn installed)."),
+    image_codec: str = typer.Option("zstd", "--image-codec", help="zstd (lossless, any Zarr reader), jpegxl "
+                                    "(lossless, ~45% smaller) or jpeg (lossy, quality 90, ~85% smaller); "
+                                    "jpegxl/jpeg stores need prn installed to decode the image."),
 ) -> None:
     """Build (or resume) a Zarr store: resized images, ground-truth targets and base-network inputs.
 

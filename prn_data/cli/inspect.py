@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import PrnError, StoreError
+from ..errors import StoreError
 from .app import app, console, progress
 
 
@@ -143,15 +143,13 @@ def verify(
     deep: int = typer.Option(0, "--deep", min=0, help="Also recompute N random samples from the source dataset."),
     seed: int = typer.Option(0, "--seed", help="Seed choosing the --deep samples."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Reader threads (default: cores, at most 4)."),
 ) -> None:
     """Check schema and attributes, that every sample is done and matches its checksum; exit 1 if any is bad."""
     from ..verify import verify_store
 
-    try:
-        with progress(transient=True) as bar:
-            report = verify_store(store, deep=deep, seed=seed, progress=_bar_callback(bar, "verify"))
-    except PrnError:
-        raise
+    with progress(transient=True) as bar:
+        report = verify_store(store, deep=deep, seed=seed, progress=_bar_callback(bar, "verify"), workers=workers)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
