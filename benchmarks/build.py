@@ -151,26 +151,57 @@ def main() -> None:
         print(f"# prn build benchmark: {len(ds)} COCO-sized images, base simulated, {len(ds.categories)} classes, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
-        # 1. serial baseline (compute only) and encode cost
+        # 1. serial baseline (compute only) and encode cost, CPU seconds per stage
+        import json as _json
+
+        from prn_data.base.encode import encode_base
+        from prn_data.resize import resize_sample
+        from prn_data.targets import compute_targets
+
+        from prn_data.build import bound_zarr_concurrency
+
+        bound_zarr_concurrency()  # what the build's workers do: one torch thread, bounded zarr
+        stages = dict.fromkeys(["load", "resize", "targets", "base predict", "base encode"], 0.0)
+
+        def stage(name, fn, *a):
+            t = time.process_time()
+            r = fn(*a)
+            stages[name] += time.process_time() - t
+            return r
+
         maps = []
         t = time.perf_counter()
         for i in range(args.baseline):
-            maps.append(make_sample(ds, base, i, policy, params, len(ds.categories)))
+            raw = stage("load", ds.load, i)
+            smp = stage("resize", resize_sample, raw, policy)
+            stage("targets", compute_targets, smp.panoptic, smp.segments, params)
+            pred = stage("base predict", lambda: base.predict([raw])[0])
+            stage("base encode", encode_base, pred, smp.size, len(ds.categories), params)
         base_s = (time.perf_counter() - t) / args.baseline
+        for i in range(args.baseline):
+            maps.append(make_sample(ds, base, i, policy, params, len(ds.categories)))
         probe = tmp / "probe.zarr"
-        build(BuildConfig(spec, "val2017", base="simulated", out=str(probe), limit=3, scheduler="threads", workers=1))
+        build(BuildConfig(spec, "val2017", base="simulated", out=str(probe), limit=3, workers=1))
         defs = list(open_store(probe).defs.values())
         encode_sample(defs, *maps[0])  # warm the per-thread encoders
-        _, enc_t = timed(lambda: [encode_sample(defs, m, meta) for m, meta in maps])
-        enc_s = enc_t / len(maps)
+        t, c = time.perf_counter(), time.process_time()
+        for m, meta in maps:
+            encode_sample(defs, m, meta)
+        enc_s = (time.perf_counter() - t) / len(maps)
+        stages["store encode (quantise, compress, checksum)"] = (time.process_time() - c)
+        cpu = sum(stages.values()) / args.baseline
         print(f"\n## baseline (serial, one process): compute {1 / base_s:.2f} samples/s ({base_s * 1e3:.0f} ms), "
               f"encode+compress {enc_s * 1e3:.0f} ms/sample → {1 / (base_s + enc_s):.2f} samples/s serial")
+        print("   CPU ms per sample by stage (robust to other load on the machine): " + ", ".join(
+            f"{k} {v / args.baseline * 1e3:.0f}" for k, v in stages.items()) + f"; total {cpu * 1e3:.0f} ms "
+              f"→ at most {2 / cpu:.1f} samples/s on 2 idle cores")
 
         # 2. end-to-end builds
         results = {}
-        for label, sched in (("local cluster (processes)", None), ("threads", "threads")):
+        for label, sched in (("local cluster, threads", None), ("local cluster, processes", "processes")):
             out = tmp / f"store-{sched or 'local'}.zarr"
             stamps: list[float] = []
+            cpu0 = time.process_time() if sched is None else None
             r = build(BuildConfig(spec, "val2017", base="simulated", out=str(out), workers=args.workers,
                                   scheduler=sched), on_progress=lambda *_: stamps.append(time.perf_counter()))
             assert r.ok, r.failures
@@ -181,9 +212,13 @@ def main() -> None:
             print(f"end-to-end {label:27s} {args.workers} workers: {rate:6.2f} samples/s over {r.seconds:.1f} s "
                   f"incl. start-up; steady {steady:6.2f} samples/s = ×{steady * (base_s + enc_s):.2f} the serial "
                   f"compute+encode baseline")
+            if cpu0 is not None:  # in-process workers: this process's CPU time is the build's
+                cpu_build = (time.process_time() - cpu0) / r.n_samples
+                print(f"   CPU per sample in the build {cpu_build * 1e3:.0f} ms → {2 / cpu_build:.1f} samples/s "
+                      f"on 2 idle cores if both are kept busy")
 
         # 3. bytes per sample
-        r, out = results["local cluster (processes)"]
+        r, out = results["local cluster, threads"]
         n = r.n_samples
         sizes = array_bytes(out)
         print(f"\n## bytes per sample (canvas {open_store(out).canvas}, shard {DEFAULT_SHARD_SIZE}, default codecs)")
@@ -196,7 +231,7 @@ def main() -> None:
         for codec in ("jpegxl", "jpeg"):
             outc = tmp / f"store-{codec}.zarr"
             rc = build(BuildConfig(spec, "val2017", base="simulated", out=str(outc), workers=args.workers,
-                                   scheduler="threads", image_codec=codec, limit=min(n, 12)))
+                                   image_codec=codec, limit=min(n, 12)))
             img = array_bytes(outc)["image"] / rc.n_samples
             print(f"  --image-codec {codec:7s}  image {img / 1e3:7.1f} KB (×{img / (sizes['image'] / n):.2f} of "
                   f"zstd), store total {(tot - sizes['image'] / n + img) / 1e3:7.1f} KB "

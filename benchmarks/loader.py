@@ -8,7 +8,8 @@ Data: the two shipped COCO val2017 images (``prn_data/samples/coco``) built into
 
 Two ways to produce the same training samples (padded canvas, flip + GridMask, collated Batch):
 
-1. **store** — :class:`prn_model.data.StoreDataset` (decode the stored chunks);
+1. **store** — :class:`prn_model.data.StoreDataset` (decode the stored chunks); also with
+   ``decode="device"`` (workers ship the stored integer codes; the trainer decodes them on the GPU);
 2. **on the fly** — what Panoptic-DeepLab's loaders do per sample: decode the JPEG and the panoptic PNG,
    resize, generate the targets and the base network's inputs (``prn_data.build.make_sample``), pad.
 
@@ -109,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from prn_model.augment import AugmentConfig
-    from prn_model.data import StoreDataset
+    from prn_model.data import StoreDataset, collate, decode_batch
 
     aug = AugmentConfig()  # flip 0.5, GridMask 0.5: the paper's training augmentation, identical for both
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,6 +123,7 @@ def main() -> None:
                                     scheduler="threads", workers=1))
             assert res.ok, res.failures
         store_ds = StoreDataset(url, aug)
+        coded_ds = StoreDataset(url, aug, decode="device")
         fly_ds = OnTheFlyDataset(f"coco:{COCO}", "val2017", "simulated", store_ds.canvas, aug)
         print(f"store {url}: {len(store_ds)} samples, canvas {store_ds.canvas}, {store_ds.num_classes} classes, "
               f"batch {args.batch_size}")
@@ -132,6 +134,18 @@ def main() -> None:
             f, fc = measure(fly_ds, args.batch_size, w, args.fly_batches)
             cpu = f" {sc:>13.1f} {fc:>11.1f} {fc / sc:>8.1f}×" if w == 0 else ""
             print(f"{w:>7} {s:>10.1f} {s / max(w, 1):>10.1f} {f:>15.2f} {s / f:>6.1f}×{cpu}", flush=True)
+        print("data.decode: device — workers ship the stored codes, the trainer decodes them on its device:")
+        for w in args.workers:
+            s, sc = measure(coded_ds, args.batch_size, w, args.batches)
+            f, fc = measure(fly_ds, args.batch_size, w, args.fly_batches)
+            cpu = f" {sc:>13.1f} {fc:>11.1f} {fc / sc:>8.1f}×" if w == 0 else ""
+            print(f"{w:>7} {s:>10.1f} {s / max(w, 1):>10.1f} {f:>15.2f} {s / f:>6.1f}×{cpu}", flush=True)
+        batch = collate([coded_ds[k] for k in range(args.batch_size)])
+        t0 = time.process_time()
+        for _ in range(3):
+            decode_batch(batch, coded_ds.decode_spec)
+        ms = 1000 * (time.process_time() - t0) / (3 * args.batch_size)
+        print(f"decoding those codes on the CPU instead: {ms:.1f} ms per sample (on a GPU: part of the step)")
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
-"""``prn verify``'s checksum pass: threads vs one thread (issue 5). Not run by CI.
+"""``prn verify`` and ``prn stats`` reading a store (issue 5). Not run by CI.
 
-Prints seconds per sample with 1 thread (the baseline, measured in this same process) and the speed-up with
-2 and 4 threads, on a built store (default: builds ``synthetic:16`` with the simulated base).
+Prints, on a built store (default: builds ``synthetic:16`` with the simulated base): ``verify``'s checksum
+pass with 1 thread (the baseline, in this same process) and its speed-up with 2 and 4 threads; ``stats``
+reading only the id maps and segment lists versus decoding whole samples (the baseline), one thread.
 
     .venv/bin/python benchmarks/verify.py [--store PATH]
 """
@@ -45,6 +46,26 @@ def main() -> None:
         print(f"{store}: {n} samples; 1 thread {times[1] / n * 1000:.0f} ms/sample (baseline 1.00), best of {args.repeats}")
         for w in (2, 4):
             print(f"  {w} threads: speed-up {times[1] / times[w]:.2f}×")
+
+        import prn_data.stats as stats
+        from prn_data.share import open_for_reading
+
+        st = open_for_reading(str(store))
+        labels_only = stats._read_labels
+        t_labels = t_full = float("inf")
+        for _ in range(args.repeats):
+            stats._read_labels = labels_only
+            t = time.perf_counter()
+            a = stats.store_stats(st, workers=1)
+            t_labels = min(t_labels, time.perf_counter() - t)
+            stats._read_labels = lambda s, i: s.read_sample(i)
+            t = time.perf_counter()
+            b = stats.store_stats(st, workers=1)
+            t_full = min(t_full, time.perf_counter() - t)
+        stats._read_labels = labels_only
+        assert a == b
+        print(f"stats: whole samples {t_full / n * 1000:.0f} ms/sample (baseline 1.00); "
+              f"id maps + segments only: speed-up {t_full / t_labels:.1f}×")
 
 
 if __name__ == "__main__":

@@ -2,18 +2,22 @@
 
 Plan (driver): open the dataset; the canvas is the largest resized ``(h, w)`` over its samples (from
 ``orig_size``, no pixel decode), each side rounded up to a multiple of 32 so PRN takes it directly; create
-the store (or reopen it to resume); submit **one Dask task per shard** that still has samples not done.
+the store (or reopen it to resume: samples whose ``done`` is set are skipped).
 
-A shard task (worker) loads each pending sample, resizes it (:func:`prn_data.resize.resize_sample`; paper
-§4.2), computes the targets at the stored size (:func:`prn_data.targets.compute_targets`; §3.2, §3.4) and
-the base network's inputs (:func:`prn_data.base.encode.encode_base`; §3.2), compresses every chunk, and
-writes each map array's shard whole in one ``set`` (samples already done keep their bytes; zarr-python 3
-loses data on concurrent partial-shard writes, so a shard has exactly one writer). A sample that raises is
-reported ``(index, file, error)`` and left empty. The task returns the small per-sample values.
+Graph, per shard that still has samples to make: one task per pending sample (:func:`compute_sample`:
+load, resize by the policy of paper §4.2 with :func:`prn_data.resize.resize_sample`, targets at the stored
+size with :func:`prn_data.targets.compute_targets` (§3.2, §3.4), the base network's inputs with
+:func:`prn_data.base.encode.encode_base` (§3.2), quantised and compressed) and **one writer task per
+shard** (:func:`write_shard`) that depends on them and writes each map array's shard whole, in one
+``set`` (samples already done keep their bytes). zarr-python 3 loses data on concurrent partial-shard
+writes, so a shard has exactly one writer; per-sample tasks keep every core busy whatever the shard size.
+Only a small window of shards is in flight, which bounds the compressed samples held in memory.
 
-The driver then writes those (size, ids, segments, checksum) and sets ``done`` last, so an interrupted
-build never leaves a sample ``done`` while incomplete and a rerun resumes where it stopped. Metadata is
-consolidated once at the end.
+A sample that raises is reported ``(index, file, error)`` and its slot left empty; the others go on. After
+each writer returns, the driver writes the small arrays (size, ids, segments, checksum) and sets ``done``
+last, so an interrupted build never leaves a sample ``done`` while incomplete, and a rerun resumes where it
+stopped. Metadata is consolidated once, at the end. Dask threads × zarr threads × torch threads are bounded
+(:func:`bound_zarr_concurrency`).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ CANVAS_MULTIPLE = 32
 
 @dataclass
 class BuildConfig:
-    """What ``prn build`` builds. ``scheduler``: ``None`` (a local cluster of ``workers`` processes),
-    ``"threads"`` (one in-process worker with ``workers`` threads) or a dask.distributed address."""
+    """What ``prn build`` builds. ``scheduler``: ``None`` / ``"threads"`` (a local in-process cluster of
+    ``workers`` threads), ``"processes"`` (a local cluster of ``workers`` processes) or the address of a
+    running dask.distributed scheduler. ``workers`` defaults to the machine's cores."""
 
     dataset: str
     split: str
@@ -177,8 +182,9 @@ def _cached(token: str, key, make):
 
 
 def bound_zarr_concurrency(threads: int = 1) -> None:
-    """Keep zarr's async concurrency and thread pool small: Dask already runs one task per core, and
-    zarr's defaults (10 async operations, an unbounded pool) oversubscribe small machines (DESIGN §8)."""
+    """Keep zarr's async concurrency and thread pool, Blosc and torch small: Dask already runs one task per
+    core, and zarr's defaults (10 async operations, an unbounded pool) oversubscribe small machines
+    (DESIGN §8). Process-wide; called by every build task."""
     import zarr
 
     zarr.config.set({"async.concurrency": 4, "threading.max_workers": max(1, threads)})
@@ -188,6 +194,12 @@ def bound_zarr_concurrency(threads: int = 1) -> None:
         blosc.use_threads = False  # Blosc's global pool is unsafe after fork (numcodecs #41)
     except ImportError:  # pragma: no cover
         pass
+    # Dask runs one sample per core already; torch's own intra-op pool (the base encoding resizes the
+    # probabilities with torch) would multiply the threads and spin-wait on the same cores.
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(max(1, threads))
 
 
 def make_sample(dataset, base, index: int, policy: ResizePolicy, params, num_classes: int) -> tuple[dict, dict]:
@@ -274,16 +286,19 @@ def run_shard(job: ShardJob) -> dict:
 # --------------------------------------------------------------------------------------------- driver
 
 def _client(scheduler: str | None, workers: int):
-    """A dask.distributed client: a local process cluster, an in-process thread pool, or an address."""
+    """A dask.distributed client: by default a local in-process cluster of ``workers`` threads (measured
+    faster than worker processes on a 2-core machine: no re-imports, no transfers to the shard writer);
+    ``"processes"`` for a local cluster of ``workers`` single-threaded processes (a GIL-bound base network);
+    or the address of a running scheduler (its workers must see the store's path or URL)."""
     from distributed import Client, LocalCluster
 
-    if scheduler in (None, "", "local", "processes"):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=":0", silence_logs=40)
-        return Client(cluster), cluster
-    if scheduler == "threads":
+    if scheduler in (None, "", "local", "threads"):
         cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0",
                                silence_logs=40)
+        return Client(cluster), cluster
+    if scheduler == "processes":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=":0", silence_logs=40)
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout=30), None
@@ -343,6 +358,8 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
     skipped = n - total
     failures: list[dict] = []
     built = 0
+    if on_progress:
+        on_progress(0, total, 0)
     if jobs:
         built, failures = _run_jobs(store, jobs, cfg, total, on_progress)
     # samples that failed in an earlier run and are still not done stay listed
@@ -373,7 +390,10 @@ def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, total: i
     bounds the compressed samples held in worker memory; the driver writes ``done`` after each writer."""
     from distributed import as_completed
 
+    import torch
+
     workers = cfg.workers or os.cpu_count() or 1
+    torch_threads = torch.get_num_threads()  # in-process workers set it to 1; give it back afterwards
     client, cluster = _client(cfg.scheduler, workers)
     built, failures, finished = 0, [], 0
     try:
@@ -418,6 +438,7 @@ def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, total: i
         client.close()
         if cluster is not None:
             cluster.close()
+        torch.set_num_threads(torch_threads)
     return built, failures
 
 

@@ -137,13 +137,32 @@ def area_histogram(areas: Sequence[int], edges: Sequence[float] = AREA_BIN_EDGES
     return [int(((a >= lo) & (a < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def store_stats(store: Any, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Statistics of every done sample of an open store (``prn_data.store.Store``).
+def _read_labels(store: Any, i: int) -> dict:
+    """Only the id maps and segment lists of sample ``i`` (not the image and 133-channel probabilities,
+    which would dominate the read)."""
+    paths = ["gt/panoptic", "gt/segments"]
+    if getattr(store, "has_base", False):
+        paths += ["base/panoptic", "base/segments"]
+    try:
+        return store.read_sample(i, arrays=paths)
+    except TypeError:  # a Store without the ``arrays`` selection
+        return store.read_sample(i)
+
+
+def store_stats(
+    store: Any, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+) -> dict:
+    """Statistics of every done sample of an open store (``prn_data.store.Store``), read by ``workers``
+    threads (default :func:`prn_data.verify.default_workers`; counting is done in order, so the result does
+    not depend on it). Only the id maps and segment lists are read (6–10× faster than decoding whole
+    samples, ``benchmarks/verify.py``).
 
     Returns a JSON-ready dict: ``samples``, ``categories`` (rows of id, name, isthing, pixels, instances,
     crowds, images), ``instance_area_histogram`` ({edges, counts}), ``base_pq`` (``None`` without a base
     network) with ``all``/``things``/``stuff`` and ``per_category``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     cats: CategorySet = store.categories
     divisor = int(store.attrs.get("label_divisor", 1000))
     done = np.flatnonzero(np.asarray(store.done))
@@ -153,21 +172,24 @@ def store_stats(store: Any, progress: Callable[[int, int], None] | None = None) 
     images: dict[int, int] = {}
     areas: list[int] = []
     acc = None
-    for k, i in enumerate(done):
-        s = store.read_sample(int(i))
-        p, n, c, a = segment_counts(s["gt/panoptic"], s.get("gt/segments", ()), divisor)
-        for d, src in ((pixels, p), (instances, n), (crowds, c)):
-            for cat, v in src.items():
-                d[cat] = d.get(cat, 0) + v
-        for cat in p:
-            images[cat] = images.get(cat, 0) + 1
-        areas += a
-        if "base/panoptic" in s:
-            if acc is None:
-                acc = PQAccumulator()
-            acc.add(s["gt/panoptic"], s.get("gt/segments", ()), s["base/panoptic"], s.get("base/segments", ()), f"sample {int(i)}")
-        if progress:
-            progress(k + 1, len(done))
+    from .verify import default_workers
+
+    with ThreadPoolExecutor(max(1, workers or default_workers())) as pool:
+        labelled = pool.map(lambda j: _read_labels(store, int(j)), done)
+        for k, (i, s) in enumerate(zip(done, labelled)):
+            p, n, c, a = segment_counts(s["gt/panoptic"], s.get("gt/segments", ()), divisor)
+            for d, src in ((pixels, p), (instances, n), (crowds, c)):
+                for cat, v in src.items():
+                    d[cat] = d.get(cat, 0) + v
+            for cat in p:
+                images[cat] = images.get(cat, 0) + 1
+            areas += a
+            if "base/panoptic" in s:
+                if acc is None:
+                    acc = PQAccumulator()
+                acc.add(s["gt/panoptic"], s.get("gt/segments", ()), s["base/panoptic"], s.get("base/segments", ()), f"sample {int(i)}")
+            if progress:
+                progress(k + 1, len(done))
     rows = [
         {
             "id": c.id,

@@ -14,7 +14,7 @@ path                        stored                   decoded by :meth:`Store.rea
 ``size``, ``orig_size``     (N, 2) int32             ``(h, w)`` tuples of int
 ``image_id``, ``file_name`` (N,) string              str
 ``done``                    (N,) bool                set last for each sample
-``checksum``                (N,) uint64              digest of the sample's stored values (:func:`checksum`)
+``checksum``                (N,) uint64              digest of the sample's stored bytes (:func:`checksum`)
 ``gt/semantic``             (N, H, W) uint8          uint8, 255 = ignore (also the padding)
 ``gt/center``               (N, 1, H, W) uint16      float32 = q / 1024 (error ≤ 4.9e-4)
 ``gt/center_offset``        (N, 2, H, W) int16       float32 px = q / 16 (error ≤ 1/32 px)
@@ -41,7 +41,7 @@ Read API (used by ``prn info/show/stats/verify`` and ``prn_model.data``)::
     store.attrs, store.categories, store.canvas, len(store), store.done, store.has_base
     d = store.read_sample(i)              # crop=True: maps cropped to the sample's valid size
     b = store.read_batch([i, j, k])       # padded canvas, stacked (B, ...) arrays, decoded
-    store.verify_sample(i)                # recompute the checksum from the stored values
+    store.verify_sample(i)                # recompute the checksum from the stored bytes
     store.failures                        # samples the last build could not make (index, file, error)
 
 Opening for reading never writes. A store of another :data:`SCHEMA` version, or a folder that is not a
@@ -302,7 +302,8 @@ class Store:
 
     @property
     def failures(self) -> list[dict]:
-        """Samples the last build could not make: ``[{"index", "image_id", "file", "error"}]``."""
+        """Samples the last build could not make: ``[{"index", "file", "error"}]`` (root attribute
+        ``failures``, rewritten at the end of every build run)."""
         return list(self.attrs.get("failures", []))
 
     @property
@@ -318,7 +319,8 @@ class Store:
         return i
 
     def read_raw(self, i: int) -> dict[str, Any]:
-        """Stored (still encoded) values of sample ``i`` on the padded canvas, every array."""
+        """Stored (still quantised) values of sample ``i`` on the padded canvas, every array but ``done``
+        and ``checksum``."""
         i = self._check_index(i)
         return {p: self.array(p)[i] for p in self.defs if p != "done" and p != "checksum"}
 
@@ -329,20 +331,31 @@ class Store:
         ``done`` is False raises :class:`StoreError`.
         """
         i = self._check_index(i)
-        if not bool(self.array("done")[i]):
-            raise StoreError(f"{self.url}: sample {i} is not done (build incomplete or failed)")
-        want = [p for p in (arrays or self.defs) if p not in ("done",)]
-        out: dict[str, Any] = {}
-        size = tuple(int(v) for v in self.array("size")[i])
+        want = [p for p in dict.fromkeys(["done", "size", *(arrays or self.defs)])]
         for p in want:
-            d = self.defs.get(p)
-            if d is None:
+            if p not in self.defs:
                 raise StoreError(f"{self.url}: no array {p!r} in this store")
-            out[p] = decode(d, self.array(p)[i])
-        out["size"] = size
+        raw = self._fetch(want, (i,))
+        if not bool(raw.pop("done")):
+            raise StoreError(f"{self.url}: sample {i} is not done (build incomplete or failed)")
+        out = {p: decode(self.defs[p], v) for p, v in raw.items()}
         if crop:
-            out = crop_sample(out, size)
+            out = crop_sample(out, out["size"])
         return out
+
+    def _fetch(self, paths: Sequence[str], selection: tuple) -> dict[str, Any]:
+        """Read ``selection`` of several arrays concurrently on zarr's event loop (one round of requests
+        rather than one per array, which matters over a network)."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        arrays = [self.array(p).async_array for p in paths]
+
+        async def gather():
+            return await asyncio.gather(*(a.getitem(selection) for a in arrays))
+
+        return dict(zip(paths, sync(gather())))
 
     def read_batch(self, indices: Sequence[int], arrays: Iterable[str] | None = None) -> dict[str, Any]:
         """Samples ``indices`` on the padded canvas, stacked: ``(B, ...)`` decoded arrays, lists for strings
@@ -352,24 +365,51 @@ class Store:
         if not done.all():
             raise StoreError(f"{self.url}: samples {idx[~done].tolist()} are not done")
         out: dict[str, Any] = {}
-        for p in arrays or self.defs:
-            if p == "done":
-                continue
-            d = self.defs[p]
+        paths = [p for p in (arrays or self.defs) if p != "done"]
+        raws = {}
+        for p in paths:  # orthogonal selections: one zarr call per array, its chunks read concurrently
             a = self.array(p)
-            raw = a.get_orthogonal_selection((idx,) + (slice(None),) * (a.ndim - 1))
+            raws[p] = a.get_orthogonal_selection((idx,) + (slice(None),) * (a.ndim - 1))
+        for p, raw in raws.items():
+            d = self.defs[p]
             if d.encoding in ("json", "str"):
                 out[p] = [decode(d, v) for v in raw]
             else:
                 out[p] = decode(d, raw, batched=True)
         return out
 
+    def chunk_bytes(self, path: str, i: int) -> bytes | None:
+        """The encoded bytes of sample ``i``'s chunk of map array ``path`` (two range reads: the shard's
+        index, then the chunk), or None for an empty slot."""
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        i = self._check_index(i)
+        d, S = self.defs[path], self.shard_size
+        key = f"{path}/c/{i // S}" + "/0" * len(d.shape)
+        proto = default_buffer_prototype()
+        tail = sync(self.zstore.get(key, prototype=proto, byte_range=SuffixByteRequest(16 * S + 4)))
+        if tail is None:
+            return None
+        off, nb = _parse_index(tail.to_bytes(), S, key)[i % S]
+        if off == _MAX_U64:
+            return None
+        blob = sync(self.zstore.get(key, prototype=proto, byte_range=RangeByteRequest(off, off + nb)))
+        return None if blob is None else blob.to_bytes()
+
     def sample_checksum(self, i: int) -> int:
-        """Recompute sample ``i``'s checksum from its stored values."""
-        return checksum(self.defs.values(), self.read_raw(i))
+        """Recompute sample ``i``'s checksum from its stored bytes (map chunks) and values (small arrays)."""
+        i = self._check_index(i)
+        values: dict[str, Any] = {}
+        for p, d in self.defs.items():
+            if p in ("done", "checksum"):
+                continue
+            values[p] = self.chunk_bytes(p, i) if d.sharded else self.array(p)[i]
+        return checksum(self.defs.values(), values)
 
     def verify_sample(self, i: int) -> bool:
-        """True when sample ``i`` is done and its stored checksum matches its stored values."""
+        """True when sample ``i`` is done and its stored checksum matches its stored bytes and values."""
         i = self._check_index(i)
         return bool(self.array("done")[i]) and int(self.array("checksum")[i]) == self.sample_checksum(i)
 
@@ -627,18 +667,22 @@ def crop_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]
     return out
 
 
-def checksum(defs: Iterable[ArrayDef], stored: Mapping[str, Any]) -> int:
-    """Digest of one sample's stored values: BLAKE2b-64 over, for every array but ``done``/``checksum`` in
-    schema order, its path and the CRC-32 (zlib) of its padded values' little-endian bytes (UTF-8 for
-    strings), as an unsigned int. CRC-32 per array keeps it cheap (~30 MB of maps per COCO sample)."""
+def checksum(defs: Iterable[ArrayDef], values: Mapping[str, Any]) -> int:
+    """Digest of one sample as stored: BLAKE2b-64 over, for every array but ``done``/``checksum`` in schema
+    order, its path and the CRC-32 (zlib) of its data — the encoded chunk bytes of a map array (1–2 MB a
+    sample, so hashing costs ~1 ms rather than ~15 ms for the ~30 MB of decoded maps; it also catches a
+    damaged compressed chunk that would still decode), the little-endian values of ``size``/``orig_size``,
+    the UTF-8 of strings — as an unsigned int. A missing chunk hashes as empty."""
     import zlib
 
     h = hashlib.blake2b(digest_size=8)
     for d in defs:
         if d.path in ("done", "checksum"):
             continue
-        v = stored[d.path]
-        if d.dtype == "str":
+        v = values[d.path]
+        if d.sharded:
+            data = b"" if v is None else bytes(v)
+        elif d.dtype == "str":
             data = str(v).encode("utf-8")
         else:
             data = np.ascontiguousarray(np.asarray(v, dtype=np.dtype(d.dtype).newbyteorder("<")))
@@ -670,23 +714,20 @@ class ChunkEncoder:
             a = zarr.create_array(mem, shape=(1,) + d.shape, chunks=(1,) + d.shape, dtype=d.dtype,
                                   fill_value=d.fill, serializer=serializer, compressors=compressors,
                                   config={"write_empty_chunks": True})
-            self._arrays[d.path] = (a, mem, "c/0" + "/0" * len(d.shape), d.codec == "jpeg")  # lossy
+            self._arrays[d.path] = (a, mem, "c/0" + "/0" * len(d.shape))
 
-    def encode(self, path: str, chunk: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """``(bytes, stored)``: the encoded chunk and the values a reader will decode from it (differs from
-        ``chunk`` only for a lossy codec)."""
+    def encode(self, path: str, chunk: np.ndarray) -> bytes:
+        """The encoded bytes of one sample's chunk of ``path`` (padded, stored dtype)."""
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         direct = self._direct.get(path)
         if direct is not None:
             # plain bytes + zstd: the same bytes zarr's ZstdCodec writes, without its per-call overhead
-            return direct.encode(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<"))), chunk
-        a, mem, key, lossy = self._arrays[path]
+            return direct.encode(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<")))
+        a, mem, key = self._arrays[path]
         a[0] = chunk
-        blob = sync(mem.get(key, prototype=default_buffer_prototype())).to_bytes()
-        stored = a[0] if lossy else chunk
-        return blob, stored
+        return sync(mem.get(key, prototype=default_buffer_prototype())).to_bytes()
 
 
 _local = threading.local()
@@ -706,14 +747,11 @@ def chunk_encoder(defs: Sequence[ArrayDef]) -> ChunkEncoder:
 def encode_sample(defs: Sequence[ArrayDef], maps: Mapping[str, Any], meta: Mapping[str, Any]
                   ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Encode one sample: ``(chunks, meta)`` where ``chunks`` are the compressed map chunks by path and
-    ``meta`` the small arrays' values plus ``checksum`` (over the values a reader will see)."""
+    ``meta`` the small arrays' values plus ``checksum`` (:func:`checksum` of exactly what is written)."""
     enc = chunk_encoder(defs)
-    stored = encode_maps(defs, maps)
-    chunks = {}
-    for path, v in stored.items():
-        chunks[path], stored[path] = enc.encode(path, v)
+    chunks = {path: enc.encode(path, v) for path, v in encode_maps(defs, maps).items()}
     meta = dict(meta)
-    meta["checksum"] = checksum(defs, stored | meta)
+    meta["checksum"] = checksum(defs, chunks | meta)
     return chunks, meta
 
 
@@ -738,22 +776,26 @@ def _assemble_shard(chunks: Sequence[bytes | None], ndim_rest: int) -> bytes:
     return b"".join(parts) + ib + crc
 
 
-def _parse_shard(buf, n_chunks: int, key: str) -> dict[int, bytes]:
-    """Inverse of :func:`_assemble_shard`: ``{slot: bytes}`` of the non-empty chunks (``{}`` if absent)."""
+def _parse_index(tail: bytes, n_chunks: int, key: str) -> np.ndarray:
+    """``(n_chunks, 2)`` (offset, nbytes) from a shard's last ``16·n + 4`` bytes, CRC32C checked."""
     import google_crc32c
 
+    isize = 16 * n_chunks
+    if len(tail) < isize + 4:
+        raise StoreError(f"{key}: shard truncated ({len(tail)} bytes)")
+    ib, crc = tail[-isize - 4 : -4], tail[-4:]
+    if np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes() != crc:
+        raise StoreError(f"{key}: shard index checksum mismatch (damaged shard)")
+    return np.frombuffer(ib, dtype="<u8").reshape(n_chunks, 2)
+
+
+def _parse_shard(buf, n_chunks: int, key: str) -> dict[int, bytes]:
+    """Inverse of :func:`_assemble_shard`: ``{slot: bytes}`` of the non-empty chunks (``{}`` if absent)."""
     if buf is None:
         return {}
     blob = buf.to_bytes()
-    isize = 16 * n_chunks
-    if len(blob) < isize + 4:
-        raise StoreError(f"{key}: shard truncated ({len(blob)} bytes)")
-    ib, crc = blob[-isize - 4 : -4], blob[-4:]
-    if np.uint32(google_crc32c.value(ib)).astype("<u4").tobytes() != crc:
-        raise StoreError(f"{key}: shard index checksum mismatch (damaged shard)")
-    index = np.frombuffer(ib, dtype="<u8").reshape(n_chunks, 2)
     out = {}
-    for j, (off, nb) in enumerate(index.tolist()):
+    for j, (off, nb) in enumerate(_parse_index(blob, n_chunks, key).tolist()):
         if off != _MAX_U64:
             out[j] = blob[off : off + nb]
     return out

@@ -53,6 +53,9 @@ class DataConfig:
     num_workers: int = 2
     mp_context: str | None = "forkserver"
     prefetch_factor: int = 2
+    # "loader": workers decode the stored codes to float32 maps; "device": workers ship the stored integer
+    # codes (about half the bytes) and the trainer decodes them on the device; "auto": device on CUDA.
+    decode: str = "auto"
 
 
 @dataclass
@@ -173,6 +176,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         problems.append(f"optim.name must be adam or adamw, not {cfg.optim.name!r}")
     if cfg.optim.schedule not in ("cosine", "constant"):
         problems.append(f"optim.schedule must be cosine or constant, not {cfg.optim.schedule!r}")
+    if cfg.data.decode not in ("auto", "loader", "device"):
+        problems.append(f"data.decode must be auto, loader or device, not {cfg.data.decode!r}")
     if cfg.amp not in ("bf16", "none"):
         problems.append(f"amp must be bf16 or none, not {cfg.amp!r}")
     if cfg.log_every < 1 or cfg.checkpoint_every < 1:

@@ -66,7 +66,6 @@ STORE_KEYS = (
     "gt/semantic_weight",
     "gt/center_weight",
     "gt/offset_weight",
-    "gt/panoptic",
 )
 
 StoreOpener = Callable[[], Any]
@@ -94,10 +93,28 @@ def _chw(a: np.ndarray, channels: int) -> np.ndarray:
     return a[None] if a.ndim == 2 and channels == 1 else a
 
 
-def sample_from_store(raw: dict, index: int) -> dict:
+# Batch key → store path, for the maps whose stored codes decode_batch turns into floats.
+CODED = {
+    "instance": "base/instance",
+    "base_semantic": "base/semantic",
+    "center": "gt/center",
+    "center_offset": "gt/center_offset",
+    "box_offset": "gt/box_offset",
+    "semantic_weight": "gt/semantic_weight",
+    "center_weight": "gt/center_weight",
+    "offset_weight": "gt/offset_weight",
+}
+
+
+def sample_from_store(raw: dict, index: int, codes: bool = False) -> dict:
     """Convert one ``Store.read_sample(i, crop=False)`` dict into the per-sample Batch fields.
 
-    The foreground weight is derived (``gt/panoptic != -1``, DESIGN §3); every weight is zeroed and the
+    With ``codes=True``, ``raw`` holds the *stored* values (``Store.array(path)[i]``) and the maps of
+    :data:`CODED` stay in their stored integer codes (``uint16`` / ``int16`` scaled values, ``uint8``
+    lookup codes; code 0 is 0.0 in every lookup table) for :func:`decode_batch` to decode on the device.
+
+    The foreground weight is derived (``gt/panoptic != -1``, DESIGN §3, which is ``gt/semantic != 255``:
+    train ids are 0..254 on every segment and 255 only on VOID); every weight is zeroed and the
     semantic label set to 255 outside the valid region, so padding never counts whatever the store holds
     there. The decoded arrays are taken over, not copied (the store decodes fresh arrays per read).
     """
@@ -106,23 +123,28 @@ def sample_from_store(raw: dict, index: int) -> dict:
     h, w = (int(v) for v in np.asarray(raw["size"]).reshape(2))
     valid = np.zeros((H, W), dtype=bool)
     valid[:h, :w] = True
+    semantic = np.asarray(raw["gt/semantic"], dtype=np.uint8).reshape(H, W)
+    f32 = None if codes else np.float32
     s = {
         "image": image,
-        "instance": np.asarray(raw["base/instance"], dtype=np.float32),
-        "base_semantic": np.asarray(raw["base/semantic"], dtype=np.float32),
-        "semantic": np.asarray(raw["gt/semantic"], dtype=np.uint8).reshape(H, W),
-        "center": np.asarray(_chw(np.asarray(raw["gt/center"]), 1), dtype=np.float32),
-        "center_offset": np.asarray(raw["gt/center_offset"], dtype=np.float32),
-        "box_offset": np.asarray(raw["gt/box_offset"], dtype=np.float32),
+        "instance": np.asarray(raw["base/instance"], dtype=f32),
+        "base_semantic": np.asarray(raw["base/semantic"], dtype=f32),
+        "semantic": semantic,
+        "center": np.asarray(_chw(np.asarray(raw["gt/center"]), 1), dtype=f32),
+        "center_offset": np.asarray(raw["gt/center_offset"], dtype=f32),
+        "box_offset": np.asarray(raw["gt/box_offset"], dtype=f32),
         "foreground": np.asarray(raw["gt/foreground"], dtype=np.uint8).reshape(H, W),
-        "semantic_weight": np.asarray(raw["gt/semantic_weight"], dtype=np.float32).reshape(H, W),
-        "center_weight": np.asarray(raw["gt/center_weight"], dtype=np.float32).reshape(H, W),
-        "offset_weight": np.asarray(raw["gt/offset_weight"], dtype=np.float32).reshape(H, W),
-        "foreground_weight": (np.asarray(raw["gt/panoptic"]).reshape(H, W) != -1).astype(np.float32),
+        "semantic_weight": np.asarray(raw["gt/semantic_weight"], dtype=f32).reshape(H, W),
+        "center_weight": np.asarray(raw["gt/center_weight"], dtype=f32).reshape(H, W),
+        "offset_weight": np.asarray(raw["gt/offset_weight"], dtype=f32).reshape(H, W),
+        # VOID (panoptic −1) is exactly where the semantic label is 255, so gt/panoptic need not be read.
+        "foreground_weight": (semantic != 255).astype(np.uint8 if codes else np.float32),
         "valid": valid,
         "size": np.array([h, w], dtype=np.int64),
         "index": np.int64(index),
     }
+    if codes:
+        s["codes"] = np.bool_(True)
     for key in _WEIGHT_KEYS + ("semantic",):
         a = s[key]
         if not a.flags.writeable:
@@ -142,13 +164,19 @@ class StoreDataset(Dataset):
     the parent and the handle is dropped at once, so no open store crosses a fork.
     """
 
-    def __init__(self, source: str | StoreOpener, augment_cfg: AugmentConfig | None = None, seed: int = 0):
+    def __init__(self, source: str | StoreOpener, augment_cfg: AugmentConfig | None = None, seed: int = 0,
+                 decode: str = "loader"):
+        if decode not in ("loader", "device"):
+            raise ValueError(f"decode must be 'loader' or 'device', not {decode!r}")
         self.opener: StoreOpener = default_opener(source) if isinstance(source, str) else source
         self.source = source if isinstance(source, str) else repr(source)
         self.augment_cfg = augment_cfg
         self.seed = int(seed)
+        self.decode = decode
         store = self.opener()
         try:
+            #: Batch key → ("scale", per-channel factors) | ("lut", values): how decode_batch decodes codes.
+            self.decode_spec = _decode_spec(store) if decode == "device" else {}
             done = np.asarray(store.done, dtype=bool)
             self.indices = np.flatnonzero(done).astype(np.int64)
             self.categories = store.categories
@@ -184,7 +212,12 @@ class StoreDataset(Dataset):
     def read(self, i: int) -> dict:
         """The un-augmented per-sample fields of the ``i``-th done sample."""
         row = int(self.indices[i])
-        raw = self.store().read_sample(row, crop=False, arrays=[k for k in STORE_KEYS if k != "size"])
+        store = self.store()
+        if self.decode == "device":
+            raw = {p: store.array(p)[row] for p in STORE_KEYS if p != "size"}
+            raw["size"] = store.sizes[row]
+            return sample_from_store(raw, row, codes=True)
+        raw = store.read_sample(row, crop=False, arrays=[k for k in STORE_KEYS if k != "size"])
         return sample_from_store(raw, row)
 
     def __getitem__(self, key: int) -> dict:
@@ -194,6 +227,43 @@ class StoreDataset(Dataset):
             rng = np.random.default_rng([self.seed, epoch, i])
             sample = augment(sample, self.augment_cfg, rng)
         return sample
+
+
+def _decode_spec(store) -> dict[str, tuple[str, list[float]]]:
+    spec = {}
+    for key, path in CODED.items():
+        d = store.defs[path]
+        if d.encoding == "scale":
+            spec[key] = ("scale", [float(v) for v in d.scale])
+        elif d.encoding == "lut":
+            if float(d.lut[0]) != 0.0:
+                raise StoreError(f"{store.url}: {path} lookup code 0 is {d.lut[0]}, not 0 (padding would count)")
+            spec[key] = ("lut", [float(v) for v in d.lut])
+        else:
+            raise StoreError(f"{store.url}: {path} has encoding {d.encoding!r}; decode='device' needs scale or lut")
+    return spec
+
+
+def decode_batch(batch: dict[str, torch.Tensor], spec: dict[str, tuple[str, list[float]]]) -> dict[str, torch.Tensor]:
+    """Turn a batch collated from ``decode="device"`` samples into the Batch contract, on whatever device
+    the batch is: ``float32(code) × scale`` per channel (the store's own arithmetic, so the values are
+    bit-identical to a loader-decoded batch) or ``lut[code]``; the image to float, labels to int64."""
+    if "codes" not in batch:
+        return batch
+    out = {k: v for k, v in batch.items() if k != "codes"}
+    for key, (kind, values) in spec.items():
+        t = batch[key]
+        v = torch.tensor(values, dtype=torch.float32, device=t.device)
+        if kind == "scale":
+            shape = (1, -1, 1, 1) if (t.dim() == 4 and len(values) > 1) else (1,) * t.dim()
+            out[key] = t.to(torch.float32) * v.reshape(shape)
+        else:
+            out[key] = v[t.long()]
+    out["image"] = batch["image"].to(torch.float32)
+    out["semantic"] = batch["semantic"].long()
+    out["foreground"] = batch["foreground"].long()
+    out["foreground_weight"] = batch["foreground_weight"].to(torch.float32)
+    return out
 
 
 def _close(store) -> None:
@@ -244,16 +314,19 @@ def _dtype(key: str) -> torch.dtype:
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack per-sample fields into the Batch (dtypes as in the module docstring).
+    """Stack per-sample fields into the Batch (dtypes as in the module docstring; samples read with
+    ``decode="device"`` keep their stored dtypes and add ``codes``: pass the result to :func:`decode_batch`).
 
     Inside a DataLoader worker the batch is written straight into shared memory (as torch's default
     collate does), so handing it to the main process costs no further copy.
     """
     in_worker = torch.utils.data.get_worker_info() is not None
+    codes = bool(samples[0].get("codes", False))
     out: dict[str, torch.Tensor] = {}
-    for key in BATCH_KEYS:
+    for key in BATCH_KEYS + (("codes",) if codes else ()):
         first = np.asarray(samples[0][key])
-        t = torch.empty((len(samples),) + first.shape, dtype=_dtype(key))
+        dtype = torch.from_numpy(first.reshape(-1)[:0]).dtype if codes and key != "size" and key != "index" else _dtype(key)
+        t = torch.empty((len(samples),) + first.shape, dtype=dtype)
         if in_worker:
             t.share_memory_()
         # NumPy copies on one thread: torch's parallel copy spins on a loaded machine for no gain here.

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from prn_data.errors import PrnError
 from prn_data.records import LABEL_DIVISOR, VOID, CategorySet, Segment
@@ -59,12 +58,14 @@ def argmax_upsampled(
         x0, x1, wx = x0[: crop[1]], x1[: crop[1]], wx[: crop[1]]
     W = x0.numel()
     low = logits.max(0).indices  # same first-max rule as argmax, faster along a strided axis
-    r0, r1 = low.index_select(0, y0), low.index_select(0, y1)
+    # Narrow labels make the four full-size tap maps below cheaper to gather and compare.
+    narrow = low.to(torch.int16) if C <= torch.iinfo(torch.int16).max else low
+    r0, r1 = narrow.index_select(0, y0), narrow.index_select(0, y1)
     a = r0.index_select(1, x0)
     agree = (a == r0.index_select(1, x1)) & (a == r1.index_select(1, x0)) & (a == r1.index_select(1, x1))
     if where is not None:
         agree |= ~where
-    out = a
+    out = a.long()
     pix = torch.nonzero(~agree.reshape(-1)).squeeze(1)
     if pix.numel() == 0:
         return out
@@ -164,17 +165,27 @@ def logits_at(
     only at the pixels ``(ys, xs)``. ``table``: :func:`pixel_major` of ``logits``, when at hand."""
     H, W = size
     C, h_in, w_in = logits.shape
-    table = pixel_major(logits) if table is None else table
+    if table is None:
+        # Without a pixel-major copy, gather the few pixels from each class plane instead of transposing.
+        flat = logits.reshape(C, -1)
+
+        def rows(idx: torch.Tensor) -> torch.Tensor:
+            return flat.index_select(1, idx).t()
+    else:
+
+        def rows(idx: torch.Tensor) -> torch.Tensor:
+            return table.index_select(0, idx)
+
     if (h_in, w_in) == (H, W):
-        return table.index_select(0, ys * w_in + xs)
+        return rows(ys * w_in + xs)
     if mode != "bilinear":
-        return table.index_select(0, (ys * h_in // H) * w_in + xs * w_in // W)
+        return rows((ys * h_in // H) * w_in + xs * w_in // W)
     y0, y1, wy = _taps(H, h_in, logits.device)
     x0, x1, wx = _taps(W, w_in, logits.device)
     a0, a1, b0, b1 = y0[ys] * w_in, y1[ys] * w_in, x0[xs], x1[xs]
     ty, tx = wy[ys, None], wx[xs, None]
-    top = torch.lerp(table.index_select(0, a0 + b0), table.index_select(0, a0 + b1), tx)
-    bot = torch.lerp(table.index_select(0, a1 + b0), table.index_select(0, a1 + b1), tx)
+    top = torch.lerp(rows(a0 + b0), rows(a0 + b1), tx)
+    bot = torch.lerp(rows(a1 + b0), rows(a1 + b1), tx)
     return torch.lerp(top, bot, ty)
 
 
@@ -261,7 +272,6 @@ def merge_image(
 
     K, T = score.numel(), tables.thing_ids.numel()
     n_inst = 0
-    inst_cat: list[int] = []
     if K and T:
         # Where the overall argmax is a thing class it is also the argmax over the thing classes; only
         # instance pixels labelled stuff need the thing channels, interpolated at those pixels alone.

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from prn_data.errors import DatasetError, PrnError
+from prn_data.errors import DatasetError
 
 FILE_VOID = 0
 MEMORY_VOID = -1
@@ -426,5 +426,4 @@ __all__ = [
     "pq_compute",
     "read_png_ids",
     "format_table",
-    "PrnError",
 ]

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from prn_data.errors import PrnError
 
 from .config import TrainConfig, config_from_dict, save_config
-from .data import StoreDataset, TrainSampler, make_loader
+from .data import StoreDataset, TrainSampler, decode_batch, make_loader
 
 CHECKPOINT_FORMAT = "prn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -246,13 +246,13 @@ class _Meter:
         self.steps += 1
 
 
-def _move(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    out = {}
-    for k, v in batch.items():
-        v = v.to(device, non_blocking=True)
-        if channels_last and v.dim() == 4 and k in ("image", "instance", "base_semantic"):
-            v = v.contiguous(memory_format=torch.channels_last)
-        out[k] = v
+def _move(batch: dict, device: torch.device, channels_last: bool, spec: dict | None = None) -> dict:
+    """The batch on ``device``, decoded there when it holds stored codes (``data.decode: device``)."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out = decode_batch(out, spec or {})
+    if channels_last:
+        for k in ("image", "instance", "base_semantic"):
+            out[k] = out[k].contiguous(memory_format=torch.channels_last)
     return out
 
 
@@ -307,7 +307,8 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
 
-    dataset = StoreDataset(cfg.data.store, cfg.augment, seed=cfg.seed)
+    decode = cfg.data.decode if cfg.data.decode != "auto" else ("device" if cuda else "loader")
+    dataset = StoreDataset(cfg.data.store, cfg.augment, seed=cfg.seed, decode=decode)
     if any(c % 32 for c in (cfg.augment.crop or dataset.canvas)):
         raise TrainingError(
             f"{cfg.data.store}: training size {tuple(cfg.augment.crop or dataset.canvas)} is not a multiple of "
@@ -393,7 +394,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
         for step in range(start, cfg.iters):
             t_wait = time.perf_counter()
             batch = next(it)
-            batch = _move(batch, device, channels_last)
+            batch = _move(batch, device, channels_last, dataset.decode_spec)
             meter.data_s += time.perf_counter() - t_wait
             with autocast:
                 outputs = train_model(batch["image"], batch["instance"], batch["base_semantic"])

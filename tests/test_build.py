@@ -103,6 +103,7 @@ def test_coco_sample_equals_direct_targets(tmp_path, coco_sample, base_spec):
         assert st.read_sample(0)["base/semantic"].shape == (133, 134, 200)  # ⌈534/4⌉, 800/4
 
 
+@pytest.mark.slow
 def test_synthetic_on_a_two_process_local_cluster(tmp_path, scenes):
     from distributed import LocalCluster
 

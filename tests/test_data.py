@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prn_model.augment import AugmentConfig, GridMaskConfig
-from prn_model.data import StoreDataset, TrainSampler, collate, make_loader
+from prn_model.data import StoreDataset, TrainSampler, collate, decode_batch, make_loader
 
 
 def build_tiny_store(out: Path, n: int = 6, split: str = "train", short: int = 64, max_long: int = 96) -> str:
@@ -169,6 +169,23 @@ def test_crop_through_the_dataset(store_url):
     np.testing.assert_array_equal(b["base_semantic"][0].numpy(),
                                   full["base_semantic"][:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 16])
     np.testing.assert_array_equal(b["center_offset"][0].numpy(), full["center_offset"][:, y : y + 32, x : x + 64])
+
+
+def test_device_decode_gives_bit_identical_batches(store_url):
+    cfg = AugmentConfig(flip_prob=0.5, gridmask=GridMaskConfig(prob=0.5, d_min=8, d_max=16))
+    loader_ds = StoreDataset(store_url, cfg, seed=3)
+    device_ds = StoreDataset(store_url, cfg, seed=3, decode="device")
+    keys = range(6, 12)  # epoch 1: some flipped, some masked
+    coded = collate([device_ds[k] for k in keys])
+    assert coded["center_offset"].dtype == torch.int16 and coded["base_semantic"].dtype == torch.uint16
+    assert coded["semantic_weight"].dtype == torch.uint8
+    ref = collate([loader_ds[k] for k in keys])
+    got = decode_batch(coded, device_ds.decode_spec)
+    assert set(got) == set(ref)
+    for key in ref:
+        assert got[key].dtype == ref[key].dtype and torch.equal(got[key], ref[key]), key
+    # the stored offsets are 1/16-px codes: the decoded dx is code / 16
+    assert torch.equal(got["center_offset"], coded["center_offset"].float() * (1 / 16))
 
 
 def test_workers_give_the_same_batches_as_the_main_process(store_url):

@@ -172,7 +172,7 @@ def _cells(png: np.ndarray, dpi: int) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_show_png_size_and_panels(built_store, tmp_path):
+def test_show_png_size_and_panels(built_store, tmp_path, monkeypatch, capsys):
     import zarr
 
     out = tmp_path / "s1.png"
@@ -185,13 +185,20 @@ def test_show_png_size_and_panels(built_store, tmp_path):
         assert c.std() > 1.0, f"panel {k} is blank"
     for a, b in itertools.combinations(range(len(cells)), 2):
         assert not np.array_equal(cells[a], cells[b]), f"panels {a} and {b} are identical"
-    # --by-id picks the same sample; without --out the PNG lands in the current directory.
+    # --by-id picks the same sample; without --out the PNG lands in the current directory (in-process:
+    # the command function itself, to save a second interpreter start).
+    from prn_data.cli.inspect import show
+    from prn_data.errors import StoreError
+
     image_id = str(zarr.open_group(built_store, mode="r")["image_id"][1])
-    default = Path(run_prn("show", built_store, "--by-id", image_id, "--dpi", "40", cwd=tmp_path).stdout.strip())
+    monkeypatch.chdir(tmp_path)
+    show(str(built_store), None, image_id, None, 40)
+    default = Path(capsys.readouterr().out.strip())
     assert default.parent == tmp_path and default.is_file() and image_id in default.name
     np.testing.assert_array_equal(np.asarray(Image.open(default)), png)
-    bad = run_prn("show", built_store, "--by-id", "no-such-image", cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "no-such-image" in bad.stderr
+
+    with pytest.raises(StoreError, match="no-such-image"):
+        show(str(built_store), None, "no-such-image", tmp_path / "x.png", 40)
 
 
 def test_stats_counts_and_base_pq(built_store):

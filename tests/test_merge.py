@@ -146,36 +146,33 @@ def test_resize_back_and_write_coco_files(tmp_path):
     np.testing.assert_array_equal(ids, np.where(big < 0, 0, big))
 
 
-def ideal_outputs(panoptic, segments, num_classes):
-    """Head outputs a perfect PRN would give: gt center heatmap and offsets, foreground, one-hot semantic
-    (at full resolution: a 1/4 one-hot would blur every boundary by up to 2 px)."""
-    from prn_data.targets import compute_targets
-
-    t = compute_targets(panoptic, segments)
-    sem = t["semantic"].astype(np.int64)
-    onehot = (np.arange(num_classes)[:, None, None] == sem[None]).astype(np.float32)
-    return {
-        "semantic": torch.from_numpy(onehot)[None],
-        "center": torch.from_numpy(t["center"])[None],
-        "center_offset": torch.from_numpy(t["center_offset"])[None],
-        "box_offset": torch.from_numpy(t["box_offset"])[None],
-        "foreground": torch.from_numpy(t["foreground"].astype(np.float32) * 20 - 10)[None, None],
-    }
-
-
-def test_ideal_outputs_give_back_the_coco_ground_truth(coco_sample):
-    from prn_data.datasets import open_dataset
-    from prn_data.resize import ResizePolicy, resize_sample
+@pytest.mark.slow
+def test_ideal_outputs_give_back_the_coco_ground_truth(coco_sample, tmp_path):
+    """Head outputs a perfect PRN would give, from a real store of the COCO sample: its gt/ center heatmap,
+    offsets and foreground as stored, and a one-hot semantic at full resolution (a 1/4 one-hot would blur
+    every boundary by up to 2 px). Scored at store resolution against gt/."""
+    from prn_data.build import BuildConfig, build
+    from prn_data.store import open_store
     from prn_model.pq import pq_from_arrays
 
-    ds = open_dataset(f"coco:{coco_sample}", "val2017")
+    res = build(BuildConfig(dataset=f"coco:{coco_sample}", split="val2017", base="none", out=str(tmp_path / "s.zarr"),
+                            scheduler="threads", workers=1))
+    assert res.ok, res.failures
+    store = open_store(tmp_path / "s.zarr")
+    n = len(store.categories)
     items = []
-    for i in range(len(ds)):
-        s = resize_sample(ds.load(i), ResizePolicy())  # store resolution
-        out = ideal_outputs(s.panoptic, s.segments, len(ds.categories))
-        (pan, segs), = postprocess(out, ds.categories, PostProcessConfig())
-        assert pan.shape == s.panoptic.shape
-        items.append((s.panoptic, s.segments, pan, segs))
-    r = pq_from_arrays(items, ds.categories)
+    for i in range(len(store)):
+        x = store.read_sample(i)
+        sem = x["gt/semantic"].astype(np.int64)
+        out = {
+            "semantic": torch.from_numpy((np.arange(n)[:, None, None] == sem[None]).astype(np.float32))[None],
+            "center": torch.from_numpy(x["gt/center"])[None],
+            "center_offset": torch.from_numpy(x["gt/center_offset"])[None],
+            "box_offset": torch.from_numpy(x["gt/box_offset"])[None],
+            "foreground": torch.from_numpy(x["gt/foreground"].astype(np.float32) * 20 - 10)[None, None],
+        }
+        (pan, segs), = postprocess(out, store.categories, PostProcessConfig())
+        items.append((x["gt/panoptic"], x["gt/segments"], pan, segs))
+    r = pq_from_arrays(items, store.categories)
     assert r["All"]["pq"] >= 0.99
-    assert r["All"]["n"] == 8 and r["Stuff"]["pq"] == 1.0
+    assert r["All"]["n"] == 8 and r["Stuff"]["pq"] == 1.0 and r["All"]["sq"] == 1.0

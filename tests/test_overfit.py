@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from prn_data.datasets import open_dataset
@@ -21,6 +22,7 @@ from prn_model.loss import prn_loss
 from prn_model.network import PRN, PRNConfig
 
 H, W = 128, 160
+STEPS = 120  # the loss is down ~90% by step ~75 (measured); 120 leaves a margin
 
 
 def _pad(a: np.ndarray, fill: float = 0) -> torch.Tensor:
@@ -59,16 +61,17 @@ def coco_batch(coco_root) -> tuple[dict[str, torch.Tensor], int]:
     return batch, n_cl
 
 
+@pytest.mark.slow
 def test_small_prn_overfits_one_coco_sample(coco_sample):
     torch.manual_seed(0)
     batch, n_cl = coco_batch(coco_sample)
     assert batch["offset_weight"].sum() > 1000 and (batch["semantic"][0, 107:] == 255).all()
     cfg = PRNConfig(
-        num_classes=n_cl, depth=18, widths=(16, 16, 32, 32), n_en=16, c_de=32, skip_channels=16,
-        semantic_head_channels=32, head_channels=16, norm="group",
+        num_classes=n_cl, depth=18, widths=(8, 8, 16, 16), n_en=8, c_de=16, skip_channels=8,
+        semantic_head_channels=16, head_channels=8, norm="group",
     )
     model = PRN(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)  # high for Adam: one sample, few steps
     losses = []
     start = time.perf_counter()
     for _ in range(STEPS):
@@ -84,5 +87,3 @@ def test_small_prn_overfits_one_coco_sample(coco_sample):
           f"in {STEPS} steps, {elapsed:.1f} s")
     assert last <= 0.1 * first
 
-
-STEPS = 300

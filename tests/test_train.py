@@ -210,7 +210,7 @@ def test_trains_from_a_store_served_over_http(store, tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        cfg = tiny_config(url, tmp_path / "http", iters=2)
+        cfg = tiny_config(url, tmp_path / "http", iters=2, **{"data.decode": "device"})
         summary = train(cfg, show_progress=False)
     finally:
         server.terminate()

@@ -26,12 +26,6 @@ def store_copy(built_store, tmp_path) -> Path:
     return dst
 
 
-def _verify_json(store: Path, *extra: str) -> tuple[int, dict]:
-    proc = run_prn("verify", "--json", store, *extra, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
-
-
 def _shard_chunk_ranges(shard_file: Path, n_chunks: int) -> list[tuple[int, int]]:
     """(offset, nbytes) of each chunk of a zarr v3 shard, from its index at the end of the file:
     n_chunks × (uint64 offset, uint64 nbytes) little endian, then a 4-byte CRC32C."""
@@ -49,8 +43,8 @@ def _flip_byte(path: Path, offset: int) -> None:
 def test_verify_ok_and_deep(built_store):
     proc = run_prn("verify", built_store, "--deep", "2")
     assert proc.stdout.strip().startswith("OK") and "2 samples checked, 2 recomputed" in proc.stdout
-    rc, rep = _verify_json(built_store, "--deep", "1", "--seed", "3")
-    assert rc == 0 and rep["ok"] and rep["checked"] == 2 and len(rep["deep_checked"]) == 1
+    rep = verify_store(str(built_store), deep=1, seed=3)
+    assert rep.ok and rep.checked == 2 and len(rep.deep_checked) == 1 and rep.bad == []
 
 
 @pytest.mark.parametrize("array,sample", [("gt/panoptic", 1), ("image", 0), ("base/instance", 1)])
@@ -64,6 +58,7 @@ def test_flipped_byte_names_exactly_that_sample(store_copy, array, sample):
     rep = verify_store(str(store_copy))
     assert not rep.ok and rep.problems == []
     assert [b.index for b in rep.bad] == [sample] and rep.bad[0].image_id
+    assert verify_store(str(store_copy), workers=2).to_json() == rep.to_json()
     if array == "gt/panoptic":  # the command's own output and exit status, once
         text = run_prn("verify", store_copy, check=False)
         assert text.returncode == 1
@@ -130,7 +125,7 @@ def test_reading_never_writes(store_copy, tmp_path):
         # stats and show read through the same opening; in-process keeps the test short.
         from prn_data.cli.inspect import show, stats
 
-        stats(str(store_copy), as_json=True)
+        stats(str(store_copy), as_json=True, workers=2)
         show(str(store_copy), 0, None, tmp_path / "ro.png", 20)
     finally:
         for p in paths:

@@ -18,10 +18,11 @@ def build(
     out: Optional[str] = typer.Option(None, "--out", help="Store folder or fsspec URL; default "
                                       "cache/<dataset>-<split>-<base>.zarr."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Build only the first N samples."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local worker processes (threads with "
-                                          "--scheduler threads); default: the machine's cores."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local worker threads (processes with "
+                                          "--scheduler processes); default: the machine's cores."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running dask.distributed "
-                                            "scheduler, or 'threads'; default: a local process cluster."),
+                                            "scheduler, or 'processes'; default: a local in-process cluster "
+                                            "of --workers threads."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1, help="Samples per shard (default 256; "
                                              "a resumed store keeps its own)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store first instead of resuming."),

@@ -85,6 +85,7 @@ def show(
 def stats(
     store: str = typer.Argument(..., help="Store folder, .zip or URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Reader threads (default: cores, at most 4)."),
 ) -> None:
     """Per-category pixel and instance counts, instance-size histogram, and the base network's PQ."""
     from rich.console import Console
@@ -95,7 +96,7 @@ def stats(
 
     st = open_for_reading(store)
     with progress(transient=True) as bar:
-        res = store_stats(st, _bar_callback(bar, "stats"))
+        res = store_stats(st, _bar_callback(bar, "stats"), workers=workers)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

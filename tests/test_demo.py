@@ -1,0 +1,126 @@
+"""A tiny end-to-end ``prn demo`` (issue 9): few small scenes, a tiny model, two iterations; every artifact
+must exist under --out, results.json must hold base and PRN figures, and a re-run must reuse everything."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.slow  # a whole pipeline in a subprocess (~20-40 s on 2 shared cores)
+
+REPO = Path(__file__).resolve().parents[1]
+PRN = Path(sys.executable).parent / "prn"
+N_TRAIN, N_VAL, ITERS = 4, 2, 2
+TINY_MODEL = {"depth": 18, "widths": [8, 16, 32, 64], "n_en": 8, "c_de": 16, "skip_channels": 8,
+              "semantic_head_channels": 8, "head_channels": 8}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    # The shipped demo.yaml with a tiny model and no loader processes: the pipeline, not the learning, is tested.
+    cfg = yaml.safe_load((REPO / "workflows" / "demo.yaml").read_text())
+    cfg["model"].update(TINY_MODEL)
+    cfg["data"]["num_workers"] = 0
+    cfg["augment"]["gridmask"] = None
+    tiny = tmp / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(cfg))
+    out = tmp / "out"
+    cmd = [str(PRN), "demo", "--out", str(out), "--train-images", str(N_TRAIN), "--val-images", str(N_VAL),
+           "--min-size", "64x64", "--max-size", "64x96", "--iters", str(ITERS), "--batch-size", "2",
+           "--coco-limit", "1", "--scheduler", "threads", "--workers", "1", "--device", "cpu", "--config", str(tiny)]
+    r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, r.stdout + r.stderr, tiny
+
+
+def test_every_artifact_exists(demo_run):
+    import torch
+
+    from prn_data.show import figure_size_px
+    from prn_data.store import open_store
+
+    out, log, _ = demo_run
+    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+        ann = json.loads((out / "synthetic" / "annotations" / f"panoptic_{split}.json").read_text())
+        assert len(ann["images"]) == n
+        for img in ann["images"]:  # scenes drawn within the requested bounds
+            assert img["height"] == 64 and 64 <= img["width"] <= 96
+        store = open_store(out / f"{split}.zarr")
+        assert len(store) == n and store.done.all() and store.has_base
+        assert store.attrs["base"].startswith("simulated")
+        assert store.attrs["resize_policy"]["short"] == 0  # stored at the scenes' own size
+        assert tuple(store.canvas) == (64, 96)  # largest scene (64×≤96) rounded up to multiples of 32
+    coco = open_store(out / "coco-val2017.zarr")
+    assert len(coco) == 1 and coco.done.all()
+    assert coco.attrs["resize_policy"]["short"] == 640  # the paper's policy for the real sample
+    figures = sorted((out / "show").glob("coco-*.png"))
+    assert len(figures) == 1 and figures[0].name == f"coco-{coco.read_sample(0)['image_id']}.png"
+    with Image.open(figures[0]) as im:
+        assert im.size == figure_size_px()
+
+    ckpt = torch.load(out / "run" / "model.pt", map_location="cpu", weights_only=True)
+    assert int(ckpt["step"]) == ITERS
+    steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == ITERS
+
+    ev = json.loads((out / "evaluation" / "results.json").read_text())
+    assert ev["images"] == N_VAL and set(ev) >= {"base", "prn"}
+    for name in ("base", "prn"):
+        assert len(list((out / "evaluation" / name / "panoptic").glob("*.png"))) == N_VAL
+    # each stage says where its artifacts are
+    for path in ("train.zarr", "val.zarr", "coco-val2017.zarr", "show", "model.pt", "evaluation", "results.json"):
+        assert path in log.replace("\n", ""), path
+
+
+def test_results_json_has_base_and_prn_figures(demo_run):
+    out, log, _ = demo_run
+    res = json.loads((out / "results.json").read_text())
+    ev = json.loads((out / "evaluation" / "results.json").read_text())
+    for name in ("base", "prn"):
+        assert set(res[name]) == {"pq", "sq", "rq", "pq_th", "pq_st"}
+        # the summary is the evaluator's All / Things / Stuff averages, in percent
+        assert res[name]["pq"] == pytest.approx(100 * ev[name]["All"]["pq"])
+        assert res[name]["rq"] == pytest.approx(100 * ev[name]["All"]["rq"])
+        assert res[name]["pq_th"] == pytest.approx(100 * ev[name]["Things"]["pq"])
+        assert all(0.0 <= v <= 100.0 for v in res[name].values())
+    for k in res["diff"]:
+        assert res["diff"][k] == pytest.approx(res["prn"][k] - res["base"][k])
+    # the simulated base is built from the ground truth with a few errors: far from 0, below 100
+    assert 40.0 < res["base"]["pq"] < 100.0
+    assert set(res["seconds"]) == {"data", "coco", "train", "evaluate", "total"}
+    assert res["images"] == N_VAL and res["train"] == {"iters": ITERS, "batch_size": 2}
+    # the table printed on the console is the one stored
+    assert "base" in res["table"] and "PRN" in res["table"] and res["table"].splitlines()[-1] in log
+
+
+def test_rerun_reuses_everything(demo_run):
+    from prn_data.demo import DemoOptions, run_demo
+
+    out, _, tiny = demo_run
+    model = out / "run" / "model.pt"
+    before = model.stat().st_mtime_ns
+    first = json.loads((out / "results.json").read_text())
+    seen: list[str] = []
+    report = run_demo(out, DemoOptions(train_images=N_TRAIN, val_images=N_VAL, min_size=(64, 64),
+                                       max_size=(64, 96), iters=ITERS, batch_size=2, coco_limit=1,
+                                       scheduler="threads", workers=1, device="cpu", config=str(tiny)),
+                      on_stage=lambda name, info: seen.append(name))
+    assert seen == ["data", "coco", "train", "evaluate"]
+    assert model.stat().st_mtime_ns == before  # not retrained
+    # same weights, same stores: the same figures
+    assert report["prn"] == pytest.approx(first["prn"]) and report["base"] == pytest.approx(first["base"])
+
+
+def test_demo_rejects_a_bad_size():
+    r = subprocess.run([str(PRN), "demo", "--min-size", "64by64", "--out", "unused"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "HxW" in r.stderr
+    assert not Path("unused").exists()
