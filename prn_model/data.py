@@ -14,6 +14,10 @@ Per sample it returns the Batch fields without the batch axis (see :data:`BATCH_
 ``offset_weight``, ``foreground_weight`` ``(B, H, W) float32``, ``valid (B, H, W) bool``, ``size (B, 2) int64``
 (valid h, w), ``index (B,) int64`` (row in the store).
 
+``StoreDataset(..., decode="device")`` keeps the stored integer codes of the big maps (about half the
+bytes, and no float decode in the workers); :func:`decode_batch` then turns the collated batch into the
+Batch above on the training device, with the store's own arithmetic (bit-identical values).
+
 Sampling keys: the training sampler yields integers ``key = epoch · n + i`` (``i`` indexes the ``done``
 samples), and the augmentation generator is seeded with ``(seed, epoch, i)``; so what a sample looks like
 never depends on which worker or rank reads it, and a resumed run replays exactly.
