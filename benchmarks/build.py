@@ -10,9 +10,11 @@ DESIGN §3 policy gives 534×800, 450×800 and 640×800 samples and the canvas i
 Prints, in one process:
 
 1. a **baseline**: the per-sample computation alone (load, resize, targets, base encoding), serial, no
-   store — and the encode (quantise + compress) cost per sample;
-2. **end-to-end** ``build()`` samples/s with the default scheduler (a local cluster of ``--workers``
-   processes) and with ``--scheduler threads``, as ratios against the serial baseline;
+   store — and the encode (quantise + compress + checksum) cost per sample; plus the CPU time of each
+   stage, which (unlike wall time) does not depend on what else the shared machine runs;
+2. **end-to-end** ``build()`` samples/s with the default scheduler (a local in-process cluster of
+   ``--workers`` threads) and with ``--scheduler processes``, overall and in the steady state, as ratios
+   against the serial baseline; and the build's CPU time per sample → samples/s on 2 idle cores;
 3. **bytes per sample** for each array of the default store (lossless image) and the total of ``gt/`` and
    ``base/`` (goal ≤ 600 KB), and the same store with ``--image-codec jpeg``;
 4. **files per 1000 samples** (goal ≤ 100): counted on the store and projected for N = 1000;
@@ -152,8 +154,6 @@ def main() -> None:
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
         # 1. serial baseline (compute only) and encode cost, CPU seconds per stage
-        import json as _json
-
         from prn_data.base.encode import encode_base
         from prn_data.resize import resize_sample
         from prn_data.targets import compute_targets

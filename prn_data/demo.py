@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -247,6 +247,11 @@ def run_demo(
                            "iters": opts.iters, "data.batch_size": opts.batch_size})
     with rep.stage("train", f"3/4 train PRN ({config_path}, {cfg.iters} iterations, batch {cfg.data.batch_size})"):
         done_steps = _latest_step(p["run"])
+        if done_steps == 0:
+            # killed before its first checkpoint: nothing to resume, and the trainer refuses a folder with
+            # old metrics, so start the run afresh
+            for name in ("metrics.jsonl", "val.jsonl"):
+                (p["run"] / name).unlink(missing_ok=True)
         if done_steps >= cfg.iters and p["checkpoint"].is_file():
             rep.say(f"already trained to step {done_steps}: {p['checkpoint']}")
         else:
@@ -255,7 +260,13 @@ def run_demo(
             if last:
                 rep.say(f"step {result['step']}: loss {last['loss']:.4g}")
             rep.say(f"run folder {p['run']} (config.yaml, metrics.jsonl, checkpoints/); weights {p['checkpoint']}")
-    notify("train", {"checkpoint": str(p["checkpoint"])})
+    weights = p["checkpoint"]
+    if not weights.is_file():
+        # stopped between the last step's checkpoint and model.pt: that checkpoint holds the same weights
+        from prn_model.train import latest_checkpoint
+
+        weights = latest_checkpoint(p["run"]) or weights
+    notify("train", {"checkpoint": str(weights)})
 
     # 4. evaluation on the held-out val store
     with rep.stage("evaluate", f"4/4 evaluate base network vs PRN on {p['val_store'].name}"):
@@ -267,7 +278,7 @@ def run_demo(
                 if bar is not None:
                     bar.update(task, completed=n, total=total)
 
-            results = evaluate_store(str(p["val_store"]), p["checkpoint"], p["evaluation"], opts.device, 1, None,
+            results = evaluate_store(str(p["val_store"]), weights, p["evaluation"], opts.device, 1, None,
                                      False, pp, None, on_progress=step)
         table = format_comparison(results)
         rep.say(table)

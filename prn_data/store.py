@@ -31,8 +31,16 @@ path                        stored                   decoded by :meth:`Store.rea
 
 (int32 replaces int16 for offsets when the canvas has a side ≥ 2048 px.)
 
+Each map array is chunked one sample per chunk inside shards of ``shard_size`` samples (sharding codec,
+default 256: ≈ 60 files per 1000 samples). A shard is assembled from already-compressed chunks
+(:func:`encode_sample`, :meth:`Store.write_shard`) and written whole, by one writer, in one store ``set``
+(atomic on a local disk: zarr-python's LocalStore writes through a temporary file), because zarr-python 3
+loses data on concurrent partial-shard writes (DESIGN §8). The small per-sample arrays (size, ids,
+segments, checksum, done) are unsharded with :data:`SMALL_CHUNK` samples per chunk and written only by the
+build's driver process after a shard's writer has returned, ``done`` last (:meth:`Store.write_meta`).
+
 Every array carries ``dimension_names`` and an ``encoding`` attribute (``raw``, ``scale`` with
-``scale``, ``lut`` with ``lut``, or ``json``) so that other readers can decode without this module;
+``scale``, ``lut`` with ``lut``, ``json`` or ``str``) so that other readers can decode without this module;
 ``xarray.open_zarr(url)`` (root) and ``xarray.open_zarr(url, group="gt")`` open it.
 
 Read API (used by ``prn info/show/stats/verify`` and ``prn_model.data``)::
@@ -53,7 +61,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 

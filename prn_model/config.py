@@ -76,6 +76,7 @@ class TrainConfig:
     out: str | None = None
     log_every: int = 10
     checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # newest training checkpoints kept in the run folder (0 = all)
     val_every: int = 0  # 0 = validate only at the end (when a val store is given)
     val_limit: int = 0  # 0 = every done val sample
     deterministic: bool = False
@@ -180,6 +181,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         problems.append(f"data.decode must be auto, loader or device, not {cfg.data.decode!r}")
     if cfg.amp not in ("bf16", "none"):
         problems.append(f"amp must be bf16 or none, not {cfg.amp!r}")
+    if cfg.keep_checkpoints < 0:
+        problems.append("keep_checkpoints must be ≥ 0")
     if cfg.log_every < 1 or cfg.checkpoint_every < 1:
         problems.append("log_every and checkpoint_every must be ≥ 1")
     if cfg.augment.crop is not None and (len(cfg.augment.crop) != 2 or any(int(c) % 32 for c in cfg.augment.crop)):

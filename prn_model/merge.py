@@ -33,6 +33,11 @@ def _taps(out: int, inp: int, device: torch.device) -> tuple[torch.Tensor, torch
     return i0, (i0 + 1).clamp_(max=inp - 1), src - i0
 
 
+def _label_dtype(C: int) -> torch.dtype:
+    # Narrow labels make the full-size label maps cheaper to build and to scan; −1 must fit too.
+    return torch.int16 if C < torch.iinfo(torch.int16).max else torch.int32
+
+
 def argmax_upsampled(
     logits: torch.Tensor,
     size: tuple[int, int],
@@ -44,91 +49,111 @@ def argmax_upsampled(
     """Argmax over classes of ``(C, h', w')`` logits bilinearly resized to ``size`` (align_corners=False),
     as ``(H, W) int64`` (or the top-left ``crop = (h, w)`` of it), without building ``(C, H, W)``.
 
-    A bilinear value is a convex combination of its four source pixels, so where those four share their
-    argmax the result has that argmax too; only the remaining (boundary) pixels are interpolated, over
-    all classes, ``chunk`` values at a time. With ``where`` (bool, the output's shape) only those boundary
-    pixels are interpolated; the others keep the top-left source pixel's argmax. ``table``: the logits as
-    a pixel-major ``(h'·w', C)`` copy, when the caller has one."""
+    Every output pixel interpolates one 2×2 source block (rows i, i + 1; columns j, j + 1, clamped at the
+    border). A bilinear value is a convex combination of its block's four values, so where the block's
+    four argmaxes agree, so does the result: that test and the label copy run at the source resolution,
+    and the full-size map is one gather of a per-block code. Pixels of disagreeing (boundary) blocks are
+    settled per block by a bound (:func:`_settle_boundary`); the rest are interpolated over all classes,
+    ``chunk`` values at a time. With ``where`` (bool, the output's shape) only boundary pixels inside it
+    are resolved; the others keep the top-left source pixel's argmax. ``table`` is accepted for
+    compatibility and not needed."""
     H, W = size
-    C = logits.shape[0]
-    y0, y1, wy = _taps(H, logits.shape[1], logits.device)
-    x0, x1, wx = _taps(W, logits.shape[2], logits.device)
+    C, h_in, w_in = logits.shape
+    dev = logits.device
+    y0, y1, wy = _taps(H, h_in, dev)
+    x0, x1, wx = _taps(W, w_in, dev)
     if crop is not None:
         y0, y1, wy = y0[: crop[0]], y1[: crop[0]], wy[: crop[0]]
         x0, x1, wx = x0[: crop[1]], x1[: crop[1]], wx[: crop[1]]
-    W = x0.numel()
+    h, W = y0.numel(), x0.numel()
     low = logits.max(0).indices  # same first-max rule as argmax, faster along a strided axis
-    # Narrow labels make the four full-size tap maps below cheaper to gather and compare.
-    narrow = low.to(torch.int16) if C <= torch.iinfo(torch.int16).max else low
-    r0, r1 = narrow.index_select(0, y0), narrow.index_select(0, y1)
-    a = r0.index_select(1, x0)
-    agree = (a == r0.index_select(1, x1)) & (a == r1.index_select(1, x0)) & (a == r1.index_select(1, x1))
+    i1 = (torch.arange(h_in, device=dev) + 1).clamp_(max=h_in - 1)
+    j1 = (torch.arange(w_in, device=dev) + 1).clamp_(max=w_in - 1)
+    below = low.index_select(0, i1)
+    agree = (low == low.index_select(1, j1)) & (low == below) & (low == below.index_select(1, j1))
+    code = torch.where(agree, low, -1).to(_label_dtype(C))
+    # Columns first: the row gather then copies whole rows.
+    full = code.index_select(1, x0).index_select(0, y0)
+    boundary = full < 0
     if where is not None:
-        agree |= ~where
-    out = a.long()
-    pix = torch.nonzero(~agree.reshape(-1)).squeeze(1)
+        boundary &= where
+        top_left = low.to(code.dtype).index_select(1, x0).index_select(0, y0)
+        full = torch.where(full < 0, top_left, full)
+    out = full.long()
+    pix = torch.nonzero(boundary.reshape(-1)).squeeze(1)
     if pix.numel() == 0:
         return out
-    h_in, w_in = logits.shape[1], logits.shape[2]
-    if table is None:
-        table = pixel_major(logits)
     py, px = pix // W, pix % W
-    taps = [y0[py] * w_in + x0[px], y0[py] * w_in + x1[px], y1[py] * w_in + x0[px], y1[py] * w_in + x1[px]]
-    pix = _resolve_by_bound(logits, table, low, pix, taps, wy[py], wx[px], out)
+    blocks = torch.nonzero(~agree.reshape(-1)).squeeze(1)
+    slot = torch.empty(h_in * w_in, dtype=torch.long, device=dev)
+    slot[blocks] = torch.arange(blocks.numel(), device=dev)
+    pb = slot.index_select(0, y0.index_select(0, py).mul_(w_in).add_(x0.index_select(0, px)))
+    bi, bj = blocks // w_in, blocks % w_in
+    bi1, bj1 = i1.index_select(0, bi).mul_(w_in), j1.index_select(0, bj)
+    bi = bi.mul_(w_in)
+    taps = torch.stack([bi + bj, bi + bj1, bi1 + bj, bi1 + bj1])  # (4, n_b) flat source pixels
+    ty, tx = wy.index_select(0, py)[None], wx.index_select(0, px)[None]
+    rest, block_logits = _settle_boundary(logits, low, taps, pb, ty, tx, pix, out)
+    if rest.numel() == 0:
+        return out
+    nb = blocks.numel()
     step = max(1, chunk // max(C, 1))
-    for s in range(0, pix.numel(), step):
-        p = pix[s : s + step]
-        py, px = p // W, p % W
-        ty, tx = wy[py, None], wx[px, None]
-        a0, a1, b0, b1 = y0[py] * w_in, y1[py] * w_in, x0[px], x1[px]
-        top = torch.lerp(table.index_select(0, a0 + b0), table.index_select(0, a0 + b1), tx)
-        bot = torch.lerp(table.index_select(0, a1 + b0), table.index_select(0, a1 + b1), tx)
-        out.view(-1)[p] = torch.lerp(top, bot, ty).argmax(1)
+    for s in range(0, rest.numel(), step):
+        r = rest[s : s + step]
+        b = pb.index_select(0, r)
+        v = [block_logits.index_select(1, b + t * nb) for t in range(4)]
+        rx, ry = tx[:, r], ty[:, r]
+        val = torch.lerp(torch.lerp(v[0], v[1], rx), torch.lerp(v[2], v[3], rx), ry)
+        out.view(-1).index_copy_(0, pix.index_select(0, r), val.max(0).indices)
     return out
+
+
+def _settle_boundary(
+    logits: torch.Tensor,
+    low: torch.Tensor,
+    taps: torch.Tensor,
+    pb: torch.Tensor,
+    ty: torch.Tensor,
+    tx: torch.Tensor,
+    pix: torch.Tensor,
+    out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Settle boundary pixels whose winner is one of their block's four tap-argmax classes.
+
+    ``taps (4, n_b)``: each boundary block's source pixels (top-left, top-right, bottom-left,
+    bottom-right); ``pb (n,)``: each boundary pixel's block; ``ty, tx (1, n)``: its interpolation weights;
+    ``pix (n,)``: its flat output index, written in ``out``. An interpolated logit never exceeds its
+    largest tap value, so when the best candidate, interpolated exactly, beats every other class's
+    largest tap value in the block, no other class can win. Returns the positions (into ``pix``) left
+    undecided and the blocks' logits ``(C, 4·n_b)`` (column ``t·n_b + b``: tap t of block b)."""
+    C = logits.shape[0]
+    hw = logits.shape[1] * logits.shape[2]
+    flat = logits.reshape(C, hw)
+    nb = taps.shape[1]
+    cls = low.reshape(-1)[taps]  # (4, n_b): candidate k = the argmax at tap k
+    block_logits = flat.index_select(1, taps.reshape(-1))
+    # value of each candidate (rows) at each tap, (4, n_b) per tap
+    tv = block_logits.view(C, 4, nb)
+    v = [tv[:, t].gather(0, cls) for t in range(4)]
+    # Same lerp sequence as a full interpolation, so a decided winner is bit-for-bit the full argmax.
+    vp = [x.index_select(1, pb) for x in v]
+    val = torch.lerp(torch.lerp(vp[0], vp[1], tx), torch.lerp(vp[2], vp[3], tx), ty)
+    best = val.amax(0)
+    cp = cls.index_select(1, pb)
+    # argmax's rule on exact ties: the lowest class index.
+    winner = torch.where(val == best, cp, C).amin(0)
+    m = torch.maximum(torch.maximum(tv[:, 0], tv[:, 1]), torch.maximum(tv[:, 2], tv[:, 3]))
+    m.scatter_(0, cls, float("-inf"))
+    bound = m.amax(0).index_select(0, pb)
+    done = best > bound
+    sel = torch.nonzero(done).squeeze(1)
+    out.view(-1).index_copy_(0, pix.index_select(0, sel), winner.index_select(0, sel))
+    return torch.nonzero(~done).squeeze(1), block_logits
 
 
 def pixel_major(logits: torch.Tensor) -> torch.Tensor:
     """``(h'·w', C)`` contiguous copy of ``(C, h', w')`` logits, so a pixel's class vector is one row."""
     return logits.reshape(logits.shape[0], -1).t().contiguous()
-
-
-def _resolve_by_bound(
-    logits: torch.Tensor,
-    table: torch.Tensor,
-    low: torch.Tensor,
-    pix: torch.Tensor,
-    taps: list[torch.Tensor],
-    ty: torch.Tensor,
-    tx: torch.Tensor,
-    out: torch.Tensor,
-) -> torch.Tensor:
-    """Settle boundary pixels whose winner is one of their four taps' argmax classes; returns the rest.
-
-    An interpolated logit never exceeds its largest tap value, so when the best of the (≤ 4) tap-argmax
-    classes, interpolated exactly, beats every other class's largest tap value at that 2×2 source block,
-    no other class can win. Only the pixels where that bound does not decide need all classes."""
-    C, hw = logits.shape[0], logits.shape[1] * logits.shape[2]
-    flat = logits.reshape(-1)
-    lowf = low.reshape(-1)
-    cls = torch.stack([lowf[t] for t in taps], dim=1)  # (n, 4) candidate classes
-    base = cls * hw
-    v = [flat[base + t[:, None]] for t in taps]  # value of each candidate at each tap, (n, 4) each
-    val = torch.lerp(torch.lerp(v[0], v[1], tx[:, None]), torch.lerp(v[2], v[3], tx[:, None]), ty[:, None])
-    best = val.max(1, keepdim=True).values
-    # argmax's rule on exact ties: the lowest class index.
-    winner = torch.where(val == best, cls, torch.full_like(cls, C)).amin(1)
-    # Per source block (identified by its top-left tap): the largest tap value of any non-candidate class.
-    blocks, inv = torch.unique(taps[0], return_inverse=True)
-    first = torch.full((blocks.numel(),), pix.numel(), dtype=torch.long, device=pix.device)
-    first.scatter_reduce_(0, inv, torch.arange(pix.numel(), device=pix.device), reduce="amin")
-    m = table.index_select(0, taps[0][first])
-    for t in taps[1:]:
-        m = torch.maximum(m, table.index_select(0, t[first]))
-    m.scatter_(1, cls[first], float("-inf"))
-    bound = m.max(1).values[inv]
-    done = best[:, 0] > bound
-    out.view(-1)[pix[done]] = winner[done]
-    return pix[~done]
 
 
 def upsample_labels(

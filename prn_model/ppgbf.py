@@ -82,6 +82,26 @@ def _max_filter_rows(x: torch.Tensor, radius: int) -> torch.Tensor:
     return m[..., :W]
 
 
+def _max_filter(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Max over a window of ``2·radius + 1`` along ``dim`` of a 2-D map (outside counts as −inf), by
+    doubling as :func:`_max_filter_rows`, but slicing along ``dim`` directly: a column pass over a
+    transposed view walks memory with a stride of a whole row, several times slower."""
+    n = x.shape[dim]
+    window = 2 * radius + 1
+    pad = (0, 0, radius, radius) if dim == 0 else (radius, radius)
+    m = F.pad(x, pad, value=float("-inf"))
+    span = 1
+    while span * 2 <= window:
+        L = m.shape[dim] - span
+        m = torch.maximum(m.narrow(dim, 0, L), m.narrow(dim, span, L))
+        span *= 2
+    if window > span:
+        rest = window - span
+        L = m.shape[dim] - rest
+        m = torch.maximum(m.narrow(dim, 0, L), m.narrow(dim, rest, L))
+    return m.narrow(dim, 0, n)
+
+
 def find_centers(heat: torch.Tensor, threshold: float = 0.2, kernel: int = 7, top_k: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoint NMS on one ``(H, W)`` center heatmap (§3.5).
 
@@ -89,7 +109,7 @@ def find_centers(heat: torch.Tensor, threshold: float = 0.2, kernel: int = 7, to
     order)."""
     # The square max filter is separable: rows, then columns.
     r = kernel // 2
-    pooled = _max_filter_rows(_max_filter_rows(heat, r).t(), r).t()
+    pooled = _max_filter(_max_filter(heat, r, 1), r, 0)
     peak = (heat == pooled) & (heat > threshold)
     flat = torch.nonzero(peak.reshape(-1)).squeeze(1)
     score = heat.reshape(-1)[flat]
@@ -118,19 +138,28 @@ def _nearest_dense(target: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_center(target: torch.Tensor, centers: torch.Tensor, chunk_pairs: int = 1 << 21) -> torch.Tensor:
-    """Exact nearest center (first index on ties) for each ``target (n, 2)`` among ``centers (K, 2)``.
+    """Exact nearest center (first index on ties) for each ``target (n, 2)`` among ``centers (K, 2)``;
+    see :func:`_nearest_yx`."""
+    return _nearest_yx(target[:, 0].contiguous(), target[:, 1].contiguous(), centers.to(target.dtype), chunk_pairs)
 
-    The targets' bounding rectangle is cut into about 16K cells; a center stays a candidate of a cell
+
+def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk_pairs: int = 1 << 21) -> torch.Tensor:
+    """Exact nearest center (first index on ties) for targets given as two ``(n,)`` coordinate vectors.
+
+    The targets' bounding rectangle is cut into about 16·K cells; a center stays a candidate of a cell
     unless its smallest distance to the cell exceeds the largest distance from the cell to some other
-    center, so it cannot be nearest anywhere in the cell. Each target then compares only its cell's few
-    candidates (listed in index order, so ties resolve as a full search would)."""
-    n, K = target.shape[0], centers.shape[0]
-    dev, dt = target.device, target.dtype
+    center, so it cannot be nearest anywhere in the cell. A target in a cell with a single candidate
+    takes it without any distance (targets gather near the centers, so this is most of them); the others
+    compare their cell's few candidates (listed in index order, so ties resolve as a full search would).
+    Returns ``(n,) int64``."""
+    n, K = ty.shape[0], centers.shape[0]
+    dev, dt = ty.device, ty.dtype
     if K <= 8:
+        target = torch.stack([ty, tx], dim=1)
         step = max(1, chunk_pairs // K)
         return torch.cat([_nearest_dense(target[s : s + step], centers) for s in range(0, n, step)])
-    lo = target.amin(0)
-    ext = (target.amax(0) - lo).clamp_(min=1.0)
+    lo = torch.stack([ty.amin(), tx.amin()])
+    ext = (torch.stack([ty.amax(), tx.amax()]) - lo).clamp_(min=1.0)
     size = torch.sqrt(ext[0] * ext[1] / (16 * K)).clamp_(min=2.0)
     gy, gx = int(torch.ceil(ext[0] / size)), int(torch.ceil(ext[1] / size))
     y0 = lo[0] + torch.arange(gy, device=dev, dtype=dt) * size
@@ -150,25 +179,31 @@ def nearest_center(target: torch.Tensor, centers: torch.Tensor, chunk_pairs: int
     bound = dmax.amin(1, keepdim=True)
     # The slack only admits extra candidates, so float rounding cannot exclude the true nearest.
     cand = dmin <= bound * (1 + 1e-4) + 1e-3
-    M = int(cand.sum(1).max())
+    count = cand.sum(1)
+    M = int(count.max())
     order = torch.where(cand, torch.arange(K, device=dev), torch.full_like(cand, K, dtype=torch.long))
     table = torch.sort(order, dim=1).values[:, :M]
+    iy = ((ty - lo[0]) / size).long().clamp_(0, gy - 1)
+    ix = ((tx - lo[1]) / size).long().clamp_(0, gx - 1)
+    cell = iy.mul_(gx).add_(ix)
+    # Every cell has a candidate (the center with the smallest far distance), listed first.
+    out = table[:, 0].contiguous().index_select(0, cell)
+    if M == 1:
+        return out
+    multi = torch.nonzero(count.index_select(0, cell) > 1).squeeze(1)
     # Per-cell candidate coordinates, so each pixel gathers whole rows (index_select) rather than
     # single elements, which is far slower on the CPU.
     inf = torch.full((1,), float("inf"), device=dev, dtype=dt)
-    ty = torch.cat([centers[:, 0], inf])[table]
-    tx = torch.cat([centers[:, 1], inf])[table]
+    cy = torch.cat([centers[:, 0], inf])[table]
+    cx = torch.cat([centers[:, 1], inf])[table]
     flat_table = table.reshape(-1)
-    out = torch.empty(n, dtype=torch.long, device=dev)
     step = max(1, chunk_pairs // M)
-    for s in range(0, n, step):
-        t = target[s : s + step]
-        iy = ((t[:, 0] - lo[0]) / size).long().clamp_(0, gy - 1)
-        ix = ((t[:, 1] - lo[1]) / size).long().clamp_(0, gx - 1)
-        cell = iy.mul_(gx).add_(ix)
-        d = ty.index_select(0, cell).sub_(t[:, 0:1]).square_()
-        d.add_(tx.index_select(0, cell).sub_(t[:, 1:2]).square_())
-        out[s : s + step] = flat_table.index_select(0, cell.mul_(M).add_(d.argmin(1)))
+    for s in range(0, multi.numel(), step):
+        idx = multi[s : s + step]
+        c = cell.index_select(0, idx)
+        d = cy.index_select(0, c).sub_(ty.index_select(0, idx)[:, None]).square_()
+        d.add_(cx.index_select(0, c).sub_(tx.index_select(0, idx)[:, None]).square_())
+        out.index_copy_(0, idx, flat_table.index_select(0, c.mul_(M).add_(d.argmin(1))))
     return out
 
 
@@ -184,12 +219,13 @@ def _gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
 
 
 def _pair_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
-    """Row-wise version of :func:`_gate`: ``pbox (n, 4)`` against ``cbox (n, 4)`` → ``(n,)`` bool."""
-    ih = (torch.minimum(pbox[:, 1], cbox[:, 1]) - torch.maximum(pbox[:, 0], cbox[:, 0])).clamp_(min=0)
-    iw = (torch.minimum(pbox[:, 3], cbox[:, 3]) - torch.maximum(pbox[:, 2], cbox[:, 2])).clamp_(min=0)
-    ap = (pbox[:, 1] - pbox[:, 0]) * (pbox[:, 3] - pbox[:, 2])
-    ac = (cbox[:, 1] - cbox[:, 0]) * (cbox[:, 3] - cbox[:, 2])
-    return ih * iw * (1 + iou) > (ap + ac) * iou
+    """Row-wise version of :func:`_gate` on coordinate-major boxes: ``pbox (4, n)`` against ``cbox (4,
+    n)`` → ``(n,)`` bool (one contiguous vector per coordinate keeps every step a streaming pass)."""
+    ih = (torch.minimum(pbox[1], cbox[1]) - torch.maximum(pbox[0], cbox[0])).clamp_(min=0)
+    iw = (torch.minimum(pbox[3], cbox[3]) - torch.maximum(pbox[2], cbox[2])).clamp_(min=0)
+    ap = (pbox[1] - pbox[0]) * (pbox[3] - pbox[2])
+    ac = (cbox[1] - cbox[0]) * (cbox[3] - cbox[2])
+    return ih.mul_(iw).mul_(1 + iou) > ap.add_(ac).mul_(iou)
 
 
 def group_pixels(
@@ -206,28 +242,75 @@ def group_pixels(
     (``pbox (n, 4)``, ``cbox (K, 4)`` from :func:`boxes_from_offsets`) only centers whose box has IoU >
     ``iou`` with the pixel's box are eligible. Returns ``(n,) int64`` center index, −1 for none.
     """
-    n, K = target.shape[0], centers.shape[0]
-    out = torch.full((n,), -1, dtype=torch.long, device=target.device)
+    pb = None if pbox is None else pbox.t().contiguous()
+    return _group_yx(target[:, 0].contiguous(), target[:, 1].contiguous(), centers, pb, cbox, iou, chunk_pairs)
+
+
+def _group_yx(
+    ty: torch.Tensor,
+    tx: torch.Tensor,
+    centers: torch.Tensor,
+    pbox: torch.Tensor | None,
+    cbox: torch.Tensor | None,
+    iou: float,
+    chunk_pairs: int,
+) -> torch.Tensor:
+    """:func:`group_pixels` on coordinate-major inputs: targets ``ty, tx (n,)``, pixel boxes ``pbox (4, n)``.
+
+    Exact in two passes: the nearest center overall; where that center fails the box gate, the full
+    gated search over all centers (chunked to ``chunk_pairs`` pixel×center pairs)."""
+    n, K = ty.shape[0], centers.shape[0]
     if n == 0 or K == 0:
-        return out
-    centers = centers.to(target.dtype)
-    step = max(1, chunk_pairs // K)
-    out = nearest_center(target, centers, chunk_pairs)
+        return torch.full((n,), -1, dtype=torch.long, device=ty.device)
+    centers = centers.to(ty.dtype)
+    out = _nearest_yx(ty, tx, centers, chunk_pairs)
     if pbox is None:
         return out
-    ok = _pair_gate(pbox, cbox[out], iou)
+    ok = _pair_gate(pbox, cbox.t().contiguous().index_select(1, out), iou)
     redo = torch.nonzero(~ok).squeeze(1)
-    out[redo] = -1
+    out.index_fill_(0, redo, -1)
+    step = max(1, chunk_pairs // K)
     for s in range(0, redo.numel(), step):
         idx = redo[s : s + step]
-        t = target[idx]
-        d = (t[:, 0:1] - centers[None, :, 0]).square_()
-        d.add_((t[:, 1:2] - centers[None, :, 1]).square_())
-        elig = _gate(pbox[idx], cbox, iou)
+        d = (ty.index_select(0, idx)[:, None] - centers[None, :, 0]).square_()
+        d.add_((tx.index_select(0, idx)[:, None] - centers[None, :, 1]).square_())
+        elig = _gate(pbox.index_select(1, idx).t(), cbox, iou)
         d.masked_fill_(~elig, float("inf"))
         best = d.argmin(dim=1)
-        out[idx] = torch.where(elig.any(dim=1), best, torch.full_like(best, -1))
+        out.index_copy_(0, idx, torch.where(elig.any(dim=1), best, torch.full_like(best, -1)))
     return out
+
+
+def group_foreground(
+    center: torch.Tensor,
+    center_offset: torch.Tensor,
+    box_offset: torch.Tensor | None,
+    mask: torch.Tensor,
+    cfg: PostProcessConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class-agnostic grouping of one image, as a pixel list rather than a map.
+
+    Inputs as :func:`instance_map`. Returns ``(flat (n,) int64`` raster indices of the ``mask`` pixels,
+    ``k (n,) int64`` their center (−1: none), ``centers (K, 2) int64``, ``scores (K,))``."""
+    W = center.shape[1]
+    yx, score = find_centers(center, cfg.threshold, cfg.nms_kernel, cfg.top_k)
+    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    if yx.shape[0] == 0 or flat.numel() == 0:
+        return flat, torch.full_like(flat, -1), yx, score
+    dt = center_offset.dtype
+    py, px = flat // W, flat % W
+    yf, xf = py.to(dt), px.to(dt)
+    off = center_offset.reshape(2, -1).index_select(1, flat)  # index_select: far faster than fancy indexing on the CPU
+    ty, tx = off[0].add_(yf), off[1].add_(xf)
+    pbox = cbox = None
+    if box_offset is not None:
+        bo = box_offset.reshape(4, -1)
+        o = bo.index_select(1, flat).clamp_(min=0)
+        # The arithmetic of boxes_from_offsets, one coordinate row at a time.
+        pbox = torch.stack([yf - o[0], (yf + o[1]).add_(1), xf - o[2], (xf + o[3]).add_(1)])
+        cbox = boxes_from_offsets(yx, bo[:, yx[:, 0] * W + yx[:, 1]].t())
+    k = _group_yx(ty, tx, yx.to(dt), pbox, cbox, cfg.box_iou, cfg.chunk_pairs)
+    return flat, k, yx, score
 
 
 def instance_map(
@@ -245,22 +328,9 @@ def instance_map(
     ``scores (K,))``.
     """
     H, W = center.shape
-    yx, score = find_centers(center, cfg.threshold, cfg.nms_kernel, cfg.top_k)
+    flat, k, yx, score = group_foreground(center, center_offset, box_offset, mask, cfg)
     inst = torch.zeros((H, W), dtype=torch.long, device=center.device)
-    if yx.shape[0] == 0:
-        return inst, yx, score
-    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
-    pyx = torch.stack([flat // W, flat % W], dim=1)
-    # index_select: several times faster than advanced indexing on the CPU
-    off = center_offset.reshape(2, -1).index_select(1, flat).t()
-    target = pyx.to(off.dtype) + off
-    pbox = cbox = None
-    if box_offset is not None:
-        bo = box_offset.reshape(4, -1)
-        pbox = boxes_from_offsets(pyx, bo.index_select(1, flat).t())
-        cbox = boxes_from_offsets(yx, bo[:, yx[:, 0] * W + yx[:, 1]].t())
-    k = group_pixels(target, yx.to(target.dtype), pbox, cbox, cfg.box_iou, cfg.chunk_pairs)
-    inst.view(-1)[flat] = k + 1
+    inst.view(-1).index_copy_(0, flat, k + 1)
     return inst, yx, score
 
 
@@ -271,5 +341,6 @@ __all__ = [
     "boxes_from_offsets",
     "group_pixels",
     "nearest_center",
+    "group_foreground",
     "instance_map",
 ]

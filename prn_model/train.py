@@ -6,7 +6,8 @@ horizontal flip and GridMask; the loss is eq. (1) with the λ of §4.2 (``prn_mo
 A run folder holds:
 
 - ``config.yaml``: the resolved :class:`~prn_model.config.TrainConfig` (file + every override);
-- ``checkpoints/step_NNNNNNN.pt`` every ``checkpoint_every`` steps and at the end: model, optimizer,
+- ``checkpoints/step_NNNNNNN.pt`` every ``checkpoint_every`` steps and at the end (the newest
+  ``keep_checkpoints`` are kept): model, optimizer,
   scheduler, step, the torch / CUDA / NumPy / Python RNG states and the sampler position, all as tensors
   and plain Python values, so :func:`torch.load` with ``weights_only=True`` reads them;
 - ``model.pt`` at the end: the model weights and configuration only (what evaluation needs);
@@ -375,8 +376,12 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, rank: int, world
     def checkpoint(step: int) -> Path | None:
         if rank != 0:
             return None
-        return save_checkpoint(checkpoint_path(out, step), model, cfg, optimizer=optimizer, scheduler=scheduler,
+        path = save_checkpoint(checkpoint_path(out, step), model, cfg, optimizer=optimizer, scheduler=scheduler,
                                step=step, sampler=sampler_state(step), rng=rng_state())
+        if cfg.keep_checkpoints:
+            for old in sorted((out / "checkpoints").glob("step_*.pt"))[: -cfg.keep_checkpoints]:
+                old.unlink()
+        return path
 
     last: dict = {}
     last_ckpt: Path | None = None

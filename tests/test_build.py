@@ -132,7 +132,7 @@ def test_corrupt_image_is_listed_then_filled_in(tmp_path, scenes):
             "--workers", "2", "--shard-size", "3", "--short", "0"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1, r.output
-    assert "train_000005.png" in r.output and "1 failed" in r.output
+    assert "train_000005.png" in r.output and "1 failed" in r.output and "samples/s" in r.output
     st = open_store(out)
     assert st.done.tolist() == [True] * 5 + [False] + [True] * 2
     assert [f["index"] for f in st.failures] == [5] and "train_000005.png" in st.failures[0]["file"]

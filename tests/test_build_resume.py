@@ -29,13 +29,17 @@ def scenes(tmp_path) -> Path:
     return tmp_path / "scenes"
 
 
-def _done_and_valid(url: Path) -> np.ndarray | None:
-    """``done`` of a store being written, after checking that every done sample is complete (its stored
-    values match the checksum written with it). None while the store does not exist yet."""
+def _done(url: Path) -> np.ndarray | None:
+    """``done`` of a store being written (a cheap poll), or None while it is not a prn store yet."""
     try:
-        st = open_store(url)
+        return open_store(url).done
     except StoreError:
         return None
+
+
+def _assert_done_are_complete(url: Path) -> np.ndarray:
+    """Every sample marked done is complete: its stored bytes match the checksum written with it."""
+    st = open_store(url)
     done = st.done
     for i in np.flatnonzero(done):
         assert st.verify_sample(int(i)), f"sample {i} is done but incomplete"
@@ -46,24 +50,24 @@ def _done_and_valid(url: Path) -> np.ndarray | None:
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, scenes):
     out = tmp_path / "killed.zarr"
     cmd = [str(PRN), "build", f"coco:{scenes}", "--split", "train", "--base", "simulated", "--out", str(out),
-           "--scheduler", "threads", "--workers", "1", "--shard-size", "2", "--short", "0"]
+           "--workers", "1", "--shard-size", "2", "--short", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     seen_partial = None
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            done = _done_and_valid(out)
-            if done is not None and 4 <= done.sum() < N:
+            done = _done(out)
+            if done is not None and 2 <= done.sum() < N:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole build, as an OOM kill or a lost node would
                 seen_partial = int(done.sum())
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert seen_partial is not None, "the build finished before it could be killed"
-    done = _done_and_valid(out)
+    done = _assert_done_are_complete(out)
     assert seen_partial <= done.sum() < N  # still incomplete, and nothing done was lost
 
     kw = dict(dataset=f"coco:{scenes}", split="train", base="simulated", scheduler="threads", workers=1,

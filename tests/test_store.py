@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -217,7 +216,7 @@ def test_zip_and_file_url(tmp_path):
         for p in sorted((tmp_path / "s.zarr").rglob("*")):
             if p.is_file():
                 z.write(p, p.relative_to(tmp_path / "s.zarr").as_posix())
-    for url in (str(zpath), f"file://{tmp_path / 's.zarr'}"):
+    for url in (str(zpath), f"zip://::file://{zpath}", f"file://{tmp_path / 's.zarr'}"):
         ro = open_store(url)
         assert not ro.has_base and ro.done.all()
         np.testing.assert_array_equal(ro.read_sample(1)["gt/panoptic"], _maps(1, SIZES[1], False)["gt/panoptic"])

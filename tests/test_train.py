@@ -157,66 +157,71 @@ def test_two_process_gloo_run(store, tmp_path):
     assert all(torch.equal(saved[k], w0[k]) for k in w0)
 
 
-def serve_with_ranges(directory: str, port: int) -> None:
-    """A static HTTP server that honours ``Range`` requests (``python -m http.server`` ignores them, and
-    a sharded Zarr store is read by byte ranges: the shard index, then each chunk)."""
-    import http.server
-    import io
-    import re
+# A static HTTP server that honours Range requests. `python -m http.server` ignores them and answers every
+# request with the whole file, but a sharded Zarr store is read by byte ranges (shard index, then chunks).
+RANGE_SERVER = """
+import http.server, io, os, re, sys
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=directory, **kwargs)
+directory, port = sys.argv[1], int(sys.argv[2])
 
-        def log_message(self, *args):
-            pass
 
-        def send_head(self):
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", (self.headers.get("Range") or "").strip())
-            path = self.translate_path(self.path)
-            if not m or not os.path.isfile(path):
-                return super().send_head()
-            size = os.path.getsize(path)
-            first, last = m.groups()
-            start = max(0, size - int(last)) if first == "" else int(first)
-            end = size - 1 if first == "" or last == "" else min(size - 1, int(last))
-            if start >= size:
-                self.send_error(416)
-                return None
-            with open(path, "rb") as f:
-                f.seek(start)
-                body = f.read(end - start + 1)
-            self.send_response(206)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return io.BytesIO(body)
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=directory, **kwargs)
 
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        m = re.fullmatch(r"bytes=(\\d*)-(\\d*)", (self.headers.get("Range") or "").strip())
+        path = self.translate_path(self.path)
+        if not m or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        first, last = m.groups()
+        start = max(0, size - int(last)) if first == "" else int(first)
+        end = size - 1 if first == "" or last == "" else min(size - 1, int(last))
+        if start >= size:
+            self.send_error(416)
+            return None
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
 
 
 def test_trains_from_a_store_served_over_http(store, tmp_path):
     port = _free_port()
-    root = Path(store).parent
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"from test_train import serve_with_ranges; serve_with_ranges({str(root)!r}, {port})")
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    script = tmp_path / "serve.py"
+    script.write_text(RANGE_SERVER)
+    server = subprocess.Popen([sys.executable, str(script), str(Path(store).parent), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/{Path(store).name}"
     try:
-        for _ in range(200):
+        for _ in range(600):
             try:
                 urllib.request.urlopen(f"{url}/zarr.json", timeout=1).read()
                 break
             except OSError:
                 time.sleep(0.1)
-        cfg = tiny_config(url, tmp_path / "http", iters=2, **{"data.decode": "device"})
+        cfg = tiny_config(url, tmp_path / "http", iters=2, checkpoint_every=1, keep_checkpoints=1,
+                          **{"data.decode": "device"})
         summary = train(cfg, show_progress=False)
     finally:
         server.terminate()
         server.wait(timeout=10)
     assert summary["step"] == 2
     assert [r["step"] for r in _metrics(tmp_path / "http")] == [1, 2]
+    assert [p.name for p in (tmp_path / "http" / "checkpoints").iterdir()] == ["step_0000002.pt"]
 
 
 def test_cli_train_overrides_the_config(store, tmp_path):
