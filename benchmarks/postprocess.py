@@ -6,17 +6,22 @@ box gate and the fallback search do real work. Timed on the same tensors:
 
 - ``ppgbf+merge``: :func:`prn_model.merge.postprocess` (what ``prn evaluate`` runs);
 - ``pdl+merge``: the same with ``grouping="panoptic_deeplab"``;
+- ``baseline ...``: the same two with the implementation before the speed-up, frozen in
+  ``benchmarks/postprocess_baseline`` (every configuration's output is asserted identical to it: panoptic
+  map and segments);
 - ``pdl-reference grouping``: grouping as Panoptic-DeepLab's reference code does it, one ``K × HW``
   distance tensor over all pixels followed by an argmin (grouping only, no merge).
 
 Usage: ``python benchmarks/postprocess.py [--centers 100] [--classes 133] [--device cpu|cuda]
-[--threads 1] [--repeat 10]``. Prints ms per image and the ratios.
+[--threads 1] [--repeat 10] [--no-reference]``. Prints ms per image and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,6 +113,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--no-reference", action="store_true", help="skip the (slow) K x HW reference grouping")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -117,24 +123,32 @@ def main() -> None:
     thing_map = torch.zeros_like(outputs["center"][0, 0], dtype=torch.long)
     thing_map[outputs["foreground"][0, 0] > 0] = 1
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from postprocess_baseline.merge import postprocess as baseline_postprocess
+
     rows = []
     for up in ("bilinear", "nearest"):
-        cfg = PostProcessConfig(stuff_area=2048, semantic_upsample=up)
-        (pan, segs), = postprocess(outputs, cats, cfg)
-        n_inst = sum(s.isthing for s in segs)
-        ms = timed(lambda: postprocess(outputs, cats, cfg), args.repeat, sync)
-        rows.append((f"ppgbf+merge ({up} semantic)", ms, n_inst))
-        cfg = PostProcessConfig(stuff_area=2048, semantic_upsample=up, grouping="panoptic_deeplab")
-        (pan, segs), = postprocess(outputs, cats, cfg)
-        ms = timed(lambda: postprocess(outputs, cats, cfg), args.repeat, sync)
-        rows.append((f"pdl+merge ({up} semantic)", ms, sum(s.isthing for s in segs)))
-    ms_ref = timed(lambda: reference_grouping(outputs["center"], outputs["center_offset"], thing_map), max(1, args.repeat // 2), sync)
-    rows.append(("pdl-reference grouping (K x HW)", ms_ref, args.centers))
+        for grouping, name in (("ppgbf", "ppgbf+merge"), ("panoptic_deeplab", "pdl+merge")):
+            cfg = PostProcessConfig(stuff_area=2048, semantic_upsample=up, grouping=grouping)
+            (pan, segs), = postprocess(outputs, cats, cfg)
+            (bpan, bsegs), = baseline_postprocess(outputs, cats, cfg)
+            assert np.array_equal(pan, bpan) and segs == bsegs, f"{name} ({up}) differs from the baseline"
+            n_inst = sum(s.isthing for s in segs)
+            ms = timed(lambda: postprocess(outputs, cats, cfg), args.repeat, sync)
+            base = timed(lambda: baseline_postprocess(outputs, cats, cfg), args.repeat, sync)
+            rows.append((f"{name} ({up} semantic)", ms, n_inst, base))
+            rows.append((f"  baseline {name} ({up})", base, n_inst, base))
+    ms_ref = None
+    if not args.no_reference:
+        ms_ref = timed(lambda: reference_grouping(outputs["center"], outputs["center_offset"], thing_map), max(1, args.repeat // 2), sync)
 
     print(f"device={dev} threads={torch.get_num_threads()} size={tuple(args.size)} centers={args.centers} classes={args.classes}")
-    print(f"{'':36s} {'wall ms':>9s} {'CPU ms':>9s}  (per image)")
-    for name, (wall, cpu), n in rows:
-        print(f"{name:36s} {wall:9.1f} {cpu:9.1f}  instances={n:4d}  reference/this (CPU) = {ms_ref[1] / cpu:6.2f}x")
+    print(f"{'':36s} {'wall ms':>9s} {'CPU ms':>9s}  (per image; outputs identical to the baseline)")
+    for name, (wall, cpu), n, base in rows:
+        ref = "" if ms_ref is None else f"  reference/this (CPU) = {ms_ref[1] / cpu:6.2f}x"
+        print(f"{name:36s} {wall:9.1f} {cpu:9.1f}  instances={n:4d}  baseline/this (CPU) = {base[1] / cpu:5.2f}x{ref}")
+    if ms_ref is not None:
+        print(f"{'pdl-reference grouping (K x HW)':36s} {ms_ref[0]:9.1f} {ms_ref[1]:9.1f}  centers={args.centers}")
 
 
 if __name__ == "__main__":

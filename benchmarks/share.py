@@ -26,12 +26,12 @@ def _dir_bytes(path: Path) -> int:
 
 def _read_all(url: str, repeats: int) -> float:
     """Best-of-``repeats`` seconds to open the store and decode every done sample."""
-    from prn_data.share import open_for_reading
+    from prn_data.store import open_store
 
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        st = open_for_reading(url)
+        st = open_store(url, mode="r")
         for i in range(len(st)):
             if st.done[i]:
                 st.read_sample(i)

@@ -48,9 +48,9 @@ def main() -> None:
             print(f"  {w} threads: speed-up {times[1] / times[w]:.2f}×")
 
         import prn_data.stats as stats
-        from prn_data.share import open_for_reading
+        from prn_data.store import open_store
 
-        st = open_for_reading(str(store))
+        st = open_store(str(store), mode="r")
         labels_only = stats._read_labels
         t_labels = t_full = float("inf")
         for _ in range(args.repeats):

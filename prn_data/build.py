@@ -372,16 +372,17 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
 
 
 def _half_created(url: str) -> bool:
-    from .store import _is_local, _local_path, _looks_like_prn_store
+    from .location import local_path
+    from .store import _looks_like_prn_store
 
-    return (_is_local(url) and _local_path(url).is_dir() and _looks_like_prn_store(_local_path(url), True)
-            and not _looks_like_prn_store(_local_path(url)))
+    return ((local_path(url) is not None) and local_path(url).is_dir() and _looks_like_prn_store(local_path(url), True)
+            and not _looks_like_prn_store(local_path(url)))
 
 
 def _store_exists(url: str) -> bool:
-    from .store import _is_local, _local_path
+    from .location import local_path
 
-    return _is_local(url) and _local_path(url).exists() and any(_local_path(url).iterdir())
+    return (local_path(url) is not None) and local_path(url).exists() and any(local_path(url).iterdir())
 
 
 def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, total: int, on_progress) -> tuple[int, list]:

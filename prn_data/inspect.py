@@ -78,9 +78,9 @@ def store_info(url: str) -> dict:
     """
     import zarr
 
-    from .share import open_for_reading
+    from .store import open_store
 
-    store = open_for_reading(str(url))
+    store = open_store(str(url), mode="r")
     group = store.group
     attrs = dict(store.attrs)
     summary: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Share a store as one file: ``prn pack`` / ``prn unpack``, and opening a store's Zarr root from a URL.
+"""Share a store as one file: ``prn pack`` / ``prn unpack`` (opening from URLs is :mod:`prn_data.location`).
 
 A packed store is a zip whose members are the store's keys (``zarr.json``, ``gt/panoptic/c/3/0/0/0`` …)
 at the zip's root, so zarr opens it in place (``zarr.storage.ZipStore`` or fsspec's ``zip::`` protocol)
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,133 +21,6 @@ ProgressFn = Callable[[int, int], None]
 """``progress(done, total)`` called after each file."""
 
 _COMPRESSION = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
-
-
-def is_zip_url(url: str) -> bool:
-    """True for a store URL that names a zip file (``x.zip``, ``file:///x.zip``, ``zip::…``, ``…x.zip``)."""
-    return url.startswith("zip::") or url.rstrip("/").lower().endswith(".zip")
-
-
-def _local_path(url: str) -> Path | None:
-    """The local filesystem path of ``url``, or ``None`` when it names a remote resource."""
-    if url.startswith("file://"):
-        return Path(url[len("file://") :])
-    if "://" in url or "::" in url:
-        return None
-    return Path(url)
-
-
-def zarr_store(url: str, read_only: bool = True) -> Any:
-    """A zarr-python 3 store for ``url``: a local directory, a local ``.zip`` (``ZipStore``), any fsspec URL
-    (``http(s)://``, ``s3://``, …) or a remote zip (``https://host/x.zip`` → ``zip::https://host/x.zip``).
-
-    Read-only stores never write (no lock files, no metadata updates), so a read-only share or a plain
-    HTTP server works. Raises :class:`StoreError` when a local path does not exist.
-    """
-    from zarr.storage import FsspecStore, LocalStore, ZipStore
-
-    local = _local_path(url)
-    if local is not None:
-        if not local.exists():
-            raise StoreError(f"{url}: no such store")
-        if local.is_file():
-            if not zipfile.is_zipfile(local):
-                raise StoreError(f"{url}: a file that is not a zip; a store is a directory or a .zip")
-            if not read_only:
-                raise StoreError(f"{url}: a zipped store opens read-only (unpack it to modify it)")
-            return ZipStore(local, mode="r")
-        return LocalStore(local, read_only=read_only)
-    if is_zip_url(url) and not url.startswith("zip::"):
-        url = "zip::" + url
-    try:
-        # Remote zips (fsspec's ZipFileSystem) implement no async API; zarr wraps them itself.
-        return FsspecStore.from_url(url, read_only=read_only)
-    except (ImportError, ValueError) as exc:
-        raise StoreError(f"{url}: cannot open ({exc})") from None
-
-
-def is_http_url(url: str) -> bool:
-    return url.startswith(("http://", "https://"))
-
-
-def http_supports_ranges(url: str, timeout: float = 10.0) -> bool:
-    """Whether the server behind ``url`` (a store root) answers a byte-range request for its ``zarr.json``
-    with ``206 Partial Content``. ``python -m http.server`` and some CDNs ignore ``Range`` and send the
-    whole file with ``200``; fsspec's HTTP ``cat_file`` does not check the status (fsspec #1140), so zarr's
-    shard-index and chunk reads would get the wrong bytes. Errors count as "supported" (nothing to fix)."""
-    import urllib.request
-
-    req = urllib.request.Request(url.rstrip("/") + "/zarr.json", headers={"Range": "bytes=0-0"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status == 206
-    except OSError:
-        return True
-
-
-def whole_object_ranges(store: Any, max_cache_bytes: int = 256 << 20) -> Any:
-    """Wrap a read-only zarr store whose server ignores byte ranges: every ranged read fetches the whole
-    object once (kept in a small LRU cache of at most ``max_cache_bytes``) and slices it locally, so
-    reading the samples of one shard in turn downloads the shard once."""
-    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-    from zarr.storage import WrapperStore
-
-    class WholeObjectRangeStore(WrapperStore):
-        def __init__(self, inner: Any) -> None:
-            super().__init__(inner)
-            self._cache: OrderedDict[str, bytes] = OrderedDict()
-
-        async def _whole(self, key: str, prototype: Any) -> bytes | None:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            buf = await self._store.get(key, prototype)
-            if buf is None:
-                return None
-            data = buf.to_bytes()
-            self._cache[key] = data
-            while sum(len(v) for v in self._cache.values()) > max_cache_bytes and len(self._cache) > 1:
-                self._cache.popitem(last=False)
-            return data
-
-        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-            if byte_range is None:
-                return await self._store.get(key, prototype)
-            data = await self._whole(key, prototype)
-            if data is None:
-                return None
-            if isinstance(byte_range, RangeByteRequest):
-                part = data[byte_range.start : byte_range.end]
-            elif isinstance(byte_range, OffsetByteRequest):
-                part = data[byte_range.offset :]
-            elif isinstance(byte_range, SuffixByteRequest):
-                part = data[-byte_range.suffix :] if byte_range.suffix else b""
-            else:
-                raise ValueError(f"unexpected byte range {byte_range!r}")
-            return prototype.buffer.from_bytes(part)
-
-        async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
-            return [await self.get(k, prototype, r) for k, r in key_ranges]
-
-    return WholeObjectRangeStore(store)
-
-
-def open_for_reading(url: str | Path) -> Any:
-    """:func:`prn_data.store.open_store` in read mode, plus one fix for HTTP servers that ignore byte-range
-    requests (``python -m http.server``): the opened store's zarr group is re-pointed at
-    :func:`whole_object_ranges` around the same fsspec store. Every issue-5 command reads through this."""
-    import zarr
-
-    from .store import open_store
-
-    url = str(url)
-    st = open_store(url, mode="r")
-    if is_http_url(url) and not http_supports_ranges(url):
-        wrapped = whole_object_ranges(st.zstore)
-        st.zstore = wrapped
-        st.group = zarr.open_group(wrapped, mode="r", zarr_format=3, use_consolidated=None)
-        st._arrays = {}
-    return st
 
 
 def list_store_files(root: str | Path) -> list[str]:
@@ -248,4 +120,4 @@ def unpack(
     return out
 
 
-__all__ = ["is_zip_url", "is_http_url", "http_supports_ranges", "whole_object_ranges", "open_for_reading", "zarr_store", "list_store_files", "pack", "unpack"]
+__all__ = ["list_store_files", "pack", "unpack"]

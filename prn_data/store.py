@@ -68,6 +68,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import StoreError
+from .location import local_path, zarr_store
 from .records import IGNORE_LABEL, VOID, CategorySet
 
 SCHEMA = 1
@@ -227,39 +228,6 @@ def _image_codec_class():
 
 
 # --------------------------------------------------------------------------------------------- opening
-
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def _local_path(url: str) -> Path:
-    return Path(url[len("file://"):] if url.startswith("file://") else url)
-
-
-def _zarr_store(url: str, mode: str):
-    """A zarr store for ``url``: a local folder, a ``.zip`` file (read-only), or any fsspec URL."""
-    from zarr.storage import FsspecStore, LocalStore, ZipStore
-
-    read_only = mode == "r"
-    if url.startswith("zip://") or (_is_local(url) and url.endswith(".zip")):
-        if not read_only:
-            raise StoreError(f"{url}: a zip store can only be opened for reading")
-        if _is_local(url):
-            path = _local_path(url)
-            if not path.is_file():
-                raise StoreError(f"{url}: no such zip file")
-            return ZipStore(path, mode="r", read_only=True)
-        return FsspecStore.from_url(url, read_only=True)
-    if _is_local(url):
-        path = _local_path(url)
-        if read_only and not path.is_dir():
-            raise StoreError(f"{url}: no such store (not a folder)")
-        return LocalStore(path, read_only=read_only)
-    try:
-        return FsspecStore.from_url(url, read_only=read_only)
-    except Exception as exc:
-        raise StoreError(f"{url}: cannot open ({exc})") from None
-
 
 class Store:
     """An open prn store. Build through :func:`create_store`, read through :func:`open_store`."""
@@ -495,7 +463,7 @@ def open_store(url: str | Path, mode: str = "r") -> Store:
     _image_codec_class()  # a store may use it; zarr resolves codecs by name when opening arrays
     if mode not in ("r", "r+"):
         raise StoreError(f"mode must be 'r' or 'r+', got {mode!r}")
-    zstore = _zarr_store(url, mode)
+    zstore = zarr_store(url, mode)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -529,19 +497,19 @@ def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories
         raise StoreError(f"canvas {canvas} must be a multiple of 4")
     if image_codec not in IMAGE_CODECS:
         raise StoreError(f"unknown image codec {image_codec!r}; choose one of {', '.join(IMAGE_CODECS)}")
-    zstore = _zarr_store(url, "w")
+    zstore = zarr_store(url, "w")
     from zarr.core.sync import sync
 
     if not overwrite and sync(zstore.exists("zarr.json")):
         raise StoreError(f"{url}: a store already exists (use --overwrite to replace it)")
-    if overwrite and _is_local(url) and _local_path(url).exists():
+    if overwrite and (local_path(url) is not None) and local_path(url).exists():
         import shutil
 
-        path = _local_path(url)
+        path = local_path(url)
         if any(path.iterdir()) and not _looks_like_prn_store(path, creating_too=True):
             raise StoreError(f"{url}: refusing to overwrite a folder that is not a prn store")
         shutil.rmtree(path)
-        zstore = _zarr_store(url, "w")
+        zstore = zarr_store(url, "w")
     root_attrs = dict(attrs) | {
         "prn_schema": SCHEMA,
         "n_samples": int(n),

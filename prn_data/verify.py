@@ -190,9 +190,9 @@ def verify_store(
     """Verify the store at ``url`` (levels 1–3 above) with ``workers`` threads (default
     :func:`default_workers`). Raises :class:`~prn_data.errors.StoreError` only when it cannot be opened as
     a prn store at all; everything else is collected in the report, bad samples in index order."""
-    from .share import open_for_reading
+    from .store import open_store
 
-    store = open_for_reading(str(url))
+    store = open_store(str(url), mode="r")
     report = VerifyReport(url=str(url), n_samples=len(store))
     report.problems += check_schema(store)
     if any(p.startswith("array ") for p in report.problems):

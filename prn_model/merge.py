@@ -23,7 +23,7 @@ import torch
 from prn_data.errors import PrnError
 from prn_data.records import LABEL_DIVISOR, VOID, CategorySet, Segment
 
-from .ppgbf import PostProcessConfig, instance_map
+from .ppgbf import PostProcessConfig, group_foreground
 
 
 def _taps(out: int, inp: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,10 +138,13 @@ def _settle_boundary(
     # Same lerp sequence as a full interpolation, so a decided winner is bit-for-bit the full argmax.
     vp = [x.index_select(1, pb) for x in v]
     val = torch.lerp(torch.lerp(vp[0], vp[1], tx), torch.lerp(vp[2], vp[3], tx), ty)
-    best = val.amax(0)
+    # Reductions over an axis of 4 are slow on the CPU; elementwise chains over the 4 rows are not.
+    best = torch.maximum(torch.maximum(val[0], val[1]), torch.maximum(val[2], val[3]))
     cp = cls.index_select(1, pb)
     # argmax's rule on exact ties: the lowest class index.
-    winner = torch.where(val == best, cp, C).amin(0)
+    winner = torch.where(val[0] == best, cp[0], C)
+    for t in range(1, 4):
+        winner = torch.minimum(winner, torch.where(val[t] == best, cp[t], C))
     m = torch.maximum(torch.maximum(tv[:, 0], tv[:, 1]), torch.maximum(tv[:, 2], tv[:, 3]))
     m.scatter_(0, cls, float("-inf"))
     bound = m.amax(0).index_select(0, pb)
@@ -227,13 +230,17 @@ def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index.reshape(-1)).reshape(index.shape)
 
 
-def _boxes(index: torch.Tensor, n: int) -> torch.Tensor:
-    """COCO ``[x, y, w, h]`` boxes ``(n, 4)`` of the labels 1..n of ``index (H, W)`` (0 = none), from
-    per-(label, row) and per-(label, column) pixel counts."""
+def _areas_boxes(index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel counts ``(n,)`` and COCO ``[x, y, w, h]`` boxes ``(n, 4)`` of the labels 1..n of ``index (H,
+    W)`` (0 = none), from per-(label, row) and per-(label, column) pixel counts (the areas are the
+    row counts summed, which saves a pass over the map)."""
     H, W = index.shape
-    rows = torch.bincount((index * H + torch.arange(H, device=index.device)[:, None]).reshape(-1), minlength=(n + 1) * H)
-    cols = torch.bincount((index * W + torch.arange(W, device=index.device)[None, :]).reshape(-1), minlength=(n + 1) * W)
-    rows = rows.reshape(n + 1, H)[1:] > 0
+    dev = index.device
+    rows = torch.bincount(index.mul(H).add_(torch.arange(H, device=dev, dtype=index.dtype)[:, None]).reshape(-1), minlength=(n + 1) * H)
+    cols = torch.bincount(index.mul(W).add_(torch.arange(W, device=dev, dtype=index.dtype)[None, :]).reshape(-1), minlength=(n + 1) * W)
+    rows = rows.reshape(n + 1, H)[1:]
+    areas = rows.sum(1)
+    rows = rows > 0
     cols = cols.reshape(n + 1, W)[1:] > 0
 
     def span(m: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,7 +251,7 @@ def _boxes(index: torch.Tensor, n: int) -> torch.Tensor:
 
     y0, y1 = span(rows, H)
     x0, x1 = span(cols, W)
-    return torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
+    return areas, torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
 
 
 class CategoryTables:
@@ -259,6 +266,15 @@ class CategoryTables:
         # train id → position among the thing classes (0 for stuff; only read where the class is a thing)
         self.thing_index = torch.zeros(len(self.thing), dtype=torch.long, device=device)
         self.thing_index[self.thing_ids] = torch.arange(len(self.thing_ids), device=device)
+        ids = self.thing_ids.tolist()
+        # Thing classes usually occupy one run of train ids: their logits are then a view, not a copy.
+        self.thing_run = (ids[0], ids[-1] + 1) if ids and ids == list(range(ids[0], ids[-1] + 1)) else None
+
+    def thing_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The thing channels ``(T, ...)`` of ``logits (N_cl, ...)``."""
+        if self.thing_run is not None:
+            return logits[self.thing_run[0] : self.thing_run[1]]
+        return logits.index_select(0, self.thing_ids)
 
 
 def merge_image(
@@ -283,49 +299,59 @@ def merge_image(
     if semantic.shape[0] != len(tables.category_id):
         raise PrnError(f"semantic output has {semantic.shape[0]} classes, the dataset {len(tables.category_id)}")
     sem = semantic.float()
-    resized = sem.shape[-2:] != (H, W) and cfg.semantic_upsample == "bilinear"
-    table = pixel_major(sem) if resized else None
-    label = upsample_labels(sem, (H, W), cfg.semantic_upsample, crop=(h, w), table=table)
-    label_is_thing = _lookup(tables.thing, label)
+    label = upsample_labels(sem, (H, W), cfg.semantic_upsample, crop=(h, w))
     heat = center[0, :h, :w].float()
     off = center_offset[:, :h, :w].float()
     if cfg.grouping == "ppgbf":
         mask = torch.sigmoid(foreground[0, :h, :w].float()) > cfg.foreground_threshold
-        inst, _, score = instance_map(heat, off, box_offset[:, :h, :w].float(), mask, cfg)
+        flat, k, _, score = group_foreground(heat, off, box_offset[:, :h, :w].float(), mask, cfg)
     else:
-        inst, _, score = instance_map(heat, off, None, label_is_thing, cfg)
+        flat, k, _, score = group_foreground(heat, off, None, _lookup(tables.thing, label), cfg)
 
+    dev = label.device
+    n_cl = len(tables.category_id)
+    label_flat = label.reshape(-1)
     K, T = score.numel(), tables.thing_ids.numel()
     n_inst = 0
-    if K and T:
+    # Everything about instances works on the list of grouped pixels, never on a full-size map.
+    sel = torch.nonzero(k >= 0).squeeze(1)
+    px, pk = flat.index_select(0, sel), k.index_select(0, sel)
+    plabel = label_flat.index_select(0, px)
+    kept_px = px[:0]
+    kept_label = plabel[:0]
+    kept_id = pk[:0]
+    if K and T and px.numel():
         # Where the overall argmax is a thing class it is also the argmax over the thing classes; only
         # instance pixels labelled stuff need the thing channels, interpolated at those pixels alone.
-        thing_label = _lookup(tables.thing_index, label)
-        need = torch.nonzero(((inst > 0) & ~label_is_thing).reshape(-1)).squeeze(1)
+        thing_label = tables.thing_index.index_select(0, plabel)
+        need = torch.nonzero(~tables.thing.index_select(0, plabel)).squeeze(1)
         if need.numel():
-            vals = logits_at(sem, (H, W), need // w, need % w, cfg.semantic_upsample, table)
-            thing_label.view(-1)[need] = vals[:, tables.thing].argmax(1)
-        votes = torch.bincount((inst * T + thing_label).reshape(-1), minlength=(K + 1) * T).reshape(K + 1, T)[1:]
+            p = px.index_select(0, need)
+            vals = logits_at(tables.thing_logits(sem), (H, W), p // w, p % w, cfg.semantic_upsample)
+            # Transposed back to (T, n), contiguous here: max over the first axis is the fast reduction.
+            thing_label.index_copy_(0, need, vals.t().max(0).indices)
+        votes = torch.bincount(pk * T + thing_label, minlength=K * T).reshape(K, T)
         area = votes.sum(1)
         keep = (area > 0) & (area >= cfg.min_instance_area)
-        cls = tables.thing_ids[votes.argmax(1)]
-        # Renumber kept instances 1..n in score order; dropped ones go to 0.
-        renum = torch.zeros(K + 1, dtype=torch.long, device=inst.device)
-        renum[1:][keep] = torch.arange(1, int(keep.sum()) + 1, device=inst.device)
-        inst = _lookup(renum, inst)
         n_inst = int(keep.sum())
-        inst_cls = cls[keep]
+        # Renumber kept instances 1..n in score order; dropped ones go to 0.
+        renum = torch.zeros(K, dtype=torch.long, device=dev)
+        renum[keep] = torch.arange(1, n_inst + 1, device=dev)
+        inst_cls = tables.thing_ids[votes.argmax(1)][keep]
         inst_score = score[keep]
-    # Stuff: the semantic argmax where no instance is, when it names a stuff class with enough pixels.
-    stuff_px = (inst == 0) & ~label_is_thing
-    n_cl = len(tables.category_id)
-    stuff_area = torch.bincount(torch.where(stuff_px, label, n_cl).reshape(-1), minlength=n_cl + 1)[:n_cl]
+        pid = renum.index_select(0, pk)
+        on = torch.nonzero(pid).squeeze(1)
+        kept_px, kept_label, kept_id = px.index_select(0, on), plabel.index_select(0, on), pid.index_select(0, on)
+    # Stuff: the semantic argmax where no kept instance is, when it names a stuff class with enough
+    # pixels; its area is the class's count over the image less its count under kept instances.
+    stuff_area = torch.bincount(label_flat, minlength=n_cl) - torch.bincount(kept_label, minlength=n_cl)
     stuff_ok = (stuff_area >= max(cfg.stuff_area, 1)) & ~tables.thing
     stuff_classes = torch.nonzero(stuff_ok).squeeze(1)
     # One compact segment index per pixel: 1..n_inst instances, then one per surviving stuff class.
-    stuff_slot = torch.zeros(n_cl, dtype=torch.long, device=inst.device)
-    stuff_slot[stuff_classes] = torch.arange(n_inst + 1, n_inst + 1 + stuff_classes.numel(), device=inst.device)
-    index = torch.where(stuff_px, _lookup(stuff_slot, label), inst)
+    stuff_slot = torch.zeros(n_cl, dtype=torch.int32, device=dev)
+    stuff_slot[stuff_classes] = torch.arange(n_inst + 1, n_inst + 1 + stuff_classes.numel(), device=dev, dtype=torch.int32)
+    index = _lookup(stuff_slot, label)
+    index.view(-1).index_copy_(0, kept_px, kept_id.to(torch.int32))
     n_seg = n_inst + stuff_classes.numel()
 
     seg_ids: list[int] = []
@@ -340,11 +366,11 @@ def merge_image(
     for c in stuff_classes.tolist():
         seg_ids.append(cat_ids[c] * LABEL_DIVISOR)
         segs_meta.append((cat_ids[c], c, False, None))
-    lut = torch.tensor([VOID] + seg_ids, dtype=torch.int32, device=inst.device)
+    lut = torch.tensor([VOID] + seg_ids, dtype=torch.int32, device=dev)
     panoptic = _lookup(lut, index)
 
-    areas = torch.bincount(index.reshape(-1), minlength=n_seg + 1)[1:].tolist()
-    boxes = _boxes(index, n_seg).tolist() if n_seg else []
+    areas, boxes = _areas_boxes(index, n_seg) if n_seg else (torch.zeros(0), torch.zeros(0, 4))
+    areas, boxes = areas.tolist(), boxes.tolist()
     segments = []
     for i, (sid, (cid, tid, isthing, sc)) in enumerate(zip(seg_ids, segs_meta)):
         segments.append(Segment(sid, cid, tid, isthing, False, int(areas[i]), tuple(int(v) for v in boxes[i]), sc))

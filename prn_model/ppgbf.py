@@ -307,7 +307,11 @@ def group_foreground(
         bo = box_offset.reshape(4, -1)
         o = bo.index_select(1, flat).clamp_(min=0)
         # The arithmetic of boxes_from_offsets, one coordinate row at a time.
-        pbox = torch.stack([yf - o[0], (yf + o[1]).add_(1), xf - o[2], (xf + o[3]).add_(1)])
+        pbox = torch.empty_like(o)
+        torch.sub(yf, o[0], out=pbox[0])
+        torch.add(yf, o[1], out=pbox[1]).add_(1)
+        torch.sub(xf, o[2], out=pbox[2])
+        torch.add(xf, o[3], out=pbox[3]).add_(1)
         cbox = boxes_from_offsets(yx, bo[:, yx[:, 0] * W + yx[:, 1]].t())
     k = _group_yx(ty, tx, yx.to(dt), pbox, cbox, cfg.box_iou, cfg.chunk_pairs)
     return flat, k, yx, score

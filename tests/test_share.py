@@ -19,7 +19,8 @@ import zarr
 
 from prn_data.errors import PrnError
 from prn_data.inspect import store_info
-from prn_data.share import http_supports_ranges, list_store_files, pack, unpack, whole_object_ranges, zarr_store
+from prn_data.location import http_supports_ranges, whole_object_ranges, zarr_store
+from prn_data.share import list_store_files, pack, unpack
 from prn_data.verify import verify_store
 from test_inspect import build_sample_store, run_prn
 
@@ -129,9 +130,9 @@ def built_store(tmp_path_factory) -> Path:
 
 def _assert_same_samples(a_url: str, b_url: str) -> None:
     """Every done sample of two stores equal, array for array (and every other decoded value)."""
-    from prn_data.share import open_for_reading
+    from prn_data.store import open_store
 
-    a, b = open_for_reading(a_url), open_for_reading(b_url)
+    a, b = open_store(a_url), open_store(b_url)
     assert len(a) == len(b) == 2 and a.done.all() and b.done.all()
     for i in range(len(a)):
         x, y = a.read_sample(i), b.read_sample(i)

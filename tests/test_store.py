@@ -221,7 +221,7 @@ def test_zip_and_file_url(tmp_path):
         assert not ro.has_base and ro.done.all()
         np.testing.assert_array_equal(ro.read_sample(1)["gt/panoptic"], _maps(1, SIZES[1], False)["gt/panoptic"])
         assert "base/instance" not in ro.read_sample(0)
-    with pytest.raises(StoreError, match="only be opened for reading"):
+    with pytest.raises(StoreError, match="opens read-only"):
         open_store(zpath, mode="r+")
 
 

@@ -62,11 +62,11 @@ def show(
 ) -> None:
     """Draw one sample like the paper's Fig. 4: image, semantic, panoptic, centers, offsets, boxes, foreground."""
     from ..show import draw_sample
-    from ..share import open_for_reading
+    from ..store import open_store
 
     if (index is None) == (by_id is None):
         raise StoreError("give exactly one of INDEX or --by-id IMAGE_ID")
-    st = open_for_reading(store)
+    st = open_store(store, mode="r")
     i = _index_by_id(st, by_id) if by_id is not None else int(index)
     if not 0 <= i < len(st):
         raise StoreError(f"{store}: sample {i} out of range 0..{len(st) - 1}")
@@ -92,9 +92,9 @@ def stats(
     from rich.table import Table
 
     from ..stats import store_stats
-    from ..share import open_for_reading
+    from ..store import open_store
 
-    st = open_for_reading(store)
+    st = open_store(store, mode="r")
     with progress(transient=True) as bar:
         res = store_stats(st, _bar_callback(bar, "stats"), workers=workers)
     if as_json:

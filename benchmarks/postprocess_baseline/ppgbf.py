@@ -1,0 +1,275 @@
+"""PPGBF: post-processing guided by bounding box and foreground mask (paper §3.5), in PyTorch.
+
+Steps for one image (the batch is looped, everything inside is tensor code that runs on CPU or GPU):
+
+1. Center NMS (§3.5): a pixel is a center when it equals the max of its ``nms_kernel`` window and its
+   heat exceeds θ; the ``top_k`` highest are kept. Candidates are ordered by a stable descending sort so a
+   tie at the k-th score keeps the first ones in raster order, up to k (Panoptic-DeepLab's strict ``>``
+   against the k-th score drops every tied peak).
+2. Each center's box is read from the box offsets at the center pixel; each pixel's own box from its own
+   box offsets. Boxes are inclusive pixel boxes (a zero offset is a one-pixel side), so their area is
+   ``(t + b + 1)·(l + r + 1)``. Negative offsets are clamped to 0.
+3. Grouping (§3.5): every foreground pixel (probability > 0.5) goes to the nearest center, distance
+   measured from pixel + predicted center offset, among the centers whose box has IoU > 0.5 with the
+   pixel's box; a pixel with no such center is left unassigned. Exactly computed in two passes: first the
+   nearest center overall, chunked over pixels so at most ``chunk_pairs`` pixel×center distances exist
+   at once; if that center passes the box gate it is the answer; only the pixels whose nearest center
+   fails the gate get the full gated search (again chunked).
+
+``grouping="panoptic_deeplab"`` (for the §4.5 ablation) groups the semantic thing pixels by nearest
+center alone: no box gate, no foreground branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+GROUPINGS = ("ppgbf", "panoptic_deeplab")
+
+
+@dataclass(frozen=True)
+class PostProcessConfig:
+    """Post-processing settings (paper §3.5 defaults).
+
+    ``stuff_area``: stuff classes with fewer pixels than this in an image become VOID (COCO 4096,
+    Cityscapes 2048; counted at the network's output resolution). ``min_instance_area``: instances with
+    fewer pixels are dropped. ``semantic_upsample``: how the 1/4 semantic logits reach full resolution,
+    ``"bilinear"`` (logits, as Panoptic-DeepLab) or ``"nearest"`` (argmax at 1/4, each label repeated
+    4×4; far cheaper with many classes). ``chunk_pairs`` bounds the pixel×center work held at once.
+    """
+
+    threshold: float = 0.2
+    nms_kernel: int = 7
+    top_k: int = 200
+    box_iou: float = 0.5
+    foreground_threshold: float = 0.5
+    grouping: str = "ppgbf"
+    stuff_area: int = 4096
+    min_instance_area: int = 0
+    semantic_upsample: str = "bilinear"
+    chunk_pairs: int = 1 << 21
+
+    def __post_init__(self) -> None:
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, not {self.grouping!r}")
+        if self.semantic_upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"semantic_upsample must be 'bilinear' or 'nearest', not {self.semantic_upsample!r}")
+        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
+            raise ValueError(f"nms_kernel must be a positive odd number, not {self.nms_kernel}")
+        if self.top_k < 1 or self.chunk_pairs < 1:
+            raise ValueError("top_k and chunk_pairs must be positive")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _max_filter_rows(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max over a window of ``2·radius + 1`` along the last axis (outside counts as −inf), by doubling
+    the covered span: log₂(k) elementwise maxima instead of a k-wide pooling kernel."""
+    W = x.shape[-1]
+    window = 2 * radius + 1
+    m = F.pad(x, (radius, radius), value=float("-inf"))
+    span = 1
+    while span * 2 <= window:
+        m = torch.maximum(m[..., :-span], m[..., span:])
+        span *= 2
+    if window > span:
+        rest = window - span
+        m = torch.maximum(m[..., :-rest], m[..., rest:])
+    return m[..., :W]
+
+
+def find_centers(heat: torch.Tensor, threshold: float = 0.2, kernel: int = 7, top_k: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoint NMS on one ``(H, W)`` center heatmap (§3.5).
+
+    Returns ``(yx (K, 2) int64, score (K,) float)``, K ≤ ``top_k``, highest score first (ties in raster
+    order)."""
+    # The square max filter is separable: rows, then columns.
+    r = kernel // 2
+    pooled = _max_filter_rows(_max_filter_rows(heat, r).t(), r).t()
+    peak = (heat == pooled) & (heat > threshold)
+    flat = torch.nonzero(peak.reshape(-1)).squeeze(1)
+    score = heat.reshape(-1)[flat]
+    order = torch.sort(score, descending=True, stable=True).indices[:top_k]
+    flat, score = flat[order], score[order]
+    W = heat.shape[1]
+    return torch.stack([flat // W, flat % W], dim=1), score
+
+
+def boxes_from_offsets(yx: torch.Tensor, box_offset: torch.Tensor) -> torch.Tensor:
+    """Inclusive pixel boxes as ``(n, 4)`` float ``(y0, y1 + 1, x0, x1 + 1)`` (end-exclusive, so widths are
+    differences) from pixel positions ``yx (n, 2)`` and their offsets ``box_offset (n, 4)``
+    (top, bottom, left, right; negatives clamped to 0)."""
+    o = box_offset.clamp(min=0)
+    y = yx[:, 0].to(o.dtype)
+    x = yx[:, 1].to(o.dtype)
+    return torch.stack([y - o[:, 0], y + o[:, 1] + 1, x - o[:, 2], x + o[:, 3] + 1], dim=1)
+
+
+def _nearest_dense(target: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest of ``centers (K, 2)`` for each ``target (n, 2)`` by all n×K squared
+    distances (first index on ties)."""
+    d = (target[:, 0:1] - centers[None, :, 0]).square_()
+    d.add_((target[:, 1:2] - centers[None, :, 1]).square_())
+    return d.argmin(dim=1)
+
+
+def nearest_center(target: torch.Tensor, centers: torch.Tensor, chunk_pairs: int = 1 << 21) -> torch.Tensor:
+    """Exact nearest center (first index on ties) for each ``target (n, 2)`` among ``centers (K, 2)``.
+
+    The targets' bounding rectangle is cut into about 16K cells; a center stays a candidate of a cell
+    unless its smallest distance to the cell exceeds the largest distance from the cell to some other
+    center, so it cannot be nearest anywhere in the cell. Each target then compares only its cell's few
+    candidates (listed in index order, so ties resolve as a full search would)."""
+    n, K = target.shape[0], centers.shape[0]
+    dev, dt = target.device, target.dtype
+    if K <= 8:
+        step = max(1, chunk_pairs // K)
+        return torch.cat([_nearest_dense(target[s : s + step], centers) for s in range(0, n, step)])
+    lo = target.amin(0)
+    ext = (target.amax(0) - lo).clamp_(min=1.0)
+    size = torch.sqrt(ext[0] * ext[1] / (16 * K)).clamp_(min=2.0)
+    gy, gx = int(torch.ceil(ext[0] / size)), int(torch.ceil(ext[1] / size))
+    y0 = lo[0] + torch.arange(gy, device=dev, dtype=dt) * size
+    x0 = lo[1] + torch.arange(gx, device=dev, dtype=dt) * size
+
+    def span(c: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (cells, K) nearest and farthest 1-D distances from centers to the intervals [a, a + size].
+        below, above = a[:, None] - c[None, :], c[None, :] - (a[:, None] + size)
+        near = torch.maximum(torch.maximum(below, above), torch.zeros((), device=dev, dtype=dt))
+        far = torch.maximum(below.abs(), above.abs())
+        return near.square_(), far.square_()
+
+    ny, fy = span(centers[:, 0], y0)
+    nx, fx = span(centers[:, 1], x0)
+    dmin = (ny[:, None, :] + nx[None, :, :]).reshape(gy * gx, K)
+    dmax = (fy[:, None, :] + fx[None, :, :]).reshape(gy * gx, K)
+    bound = dmax.amin(1, keepdim=True)
+    # The slack only admits extra candidates, so float rounding cannot exclude the true nearest.
+    cand = dmin <= bound * (1 + 1e-4) + 1e-3
+    M = int(cand.sum(1).max())
+    order = torch.where(cand, torch.arange(K, device=dev), torch.full_like(cand, K, dtype=torch.long))
+    table = torch.sort(order, dim=1).values[:, :M]
+    # Per-cell candidate coordinates, so each pixel gathers whole rows (index_select) rather than
+    # single elements, which is far slower on the CPU.
+    inf = torch.full((1,), float("inf"), device=dev, dtype=dt)
+    ty = torch.cat([centers[:, 0], inf])[table]
+    tx = torch.cat([centers[:, 1], inf])[table]
+    flat_table = table.reshape(-1)
+    out = torch.empty(n, dtype=torch.long, device=dev)
+    step = max(1, chunk_pairs // M)
+    for s in range(0, n, step):
+        t = target[s : s + step]
+        iy = ((t[:, 0] - lo[0]) / size).long().clamp_(0, gy - 1)
+        ix = ((t[:, 1] - lo[1]) / size).long().clamp_(0, gx - 1)
+        cell = iy.mul_(gx).add_(ix)
+        d = ty.index_select(0, cell).sub_(t[:, 0:1]).square_()
+        d.add_(tx.index_select(0, cell).sub_(t[:, 1:2]).square_())
+        out[s : s + step] = flat_table.index_select(0, cell.mul_(M).add_(d.argmin(1)))
+    return out
+
+
+def _gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
+    """``(n, K)`` bool: IoU(pixel box, center box) > ``iou``, tested as inter·(1 + τ) > τ·(A_p + A_c)
+    so no division is needed."""
+    ih = torch.minimum(pbox[:, 1:2], cbox[None, :, 1]) - torch.maximum(pbox[:, 0:1], cbox[None, :, 0])
+    iw = torch.minimum(pbox[:, 3:4], cbox[None, :, 3]) - torch.maximum(pbox[:, 2:3], cbox[None, :, 2])
+    inter = ih.clamp_(min=0).mul_(iw.clamp_(min=0))
+    ap = (pbox[:, 1] - pbox[:, 0]) * (pbox[:, 3] - pbox[:, 2])
+    ac = (cbox[:, 1] - cbox[:, 0]) * (cbox[:, 3] - cbox[:, 2])
+    return inter.mul_(1 + iou) > (ap[:, None] + ac[None, :]).mul_(iou)
+
+
+def _pair_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
+    """Row-wise version of :func:`_gate`: ``pbox (n, 4)`` against ``cbox (n, 4)`` → ``(n,)`` bool."""
+    ih = (torch.minimum(pbox[:, 1], cbox[:, 1]) - torch.maximum(pbox[:, 0], cbox[:, 0])).clamp_(min=0)
+    iw = (torch.minimum(pbox[:, 3], cbox[:, 3]) - torch.maximum(pbox[:, 2], cbox[:, 2])).clamp_(min=0)
+    ap = (pbox[:, 1] - pbox[:, 0]) * (pbox[:, 3] - pbox[:, 2])
+    ac = (cbox[:, 1] - cbox[:, 0]) * (cbox[:, 3] - cbox[:, 2])
+    return ih * iw * (1 + iou) > (ap + ac) * iou
+
+
+def group_pixels(
+    target: torch.Tensor,
+    centers: torch.Tensor,
+    pbox: torch.Tensor | None = None,
+    cbox: torch.Tensor | None = None,
+    iou: float = 0.5,
+    chunk_pairs: int = 1 << 21,
+) -> torch.Tensor:
+    """Assign pixels to centers (§3.5).
+
+    ``target (n, 2)`` float: pixel + predicted center offset, (y, x); ``centers (K, 2)``. With boxes
+    (``pbox (n, 4)``, ``cbox (K, 4)`` from :func:`boxes_from_offsets`) only centers whose box has IoU >
+    ``iou`` with the pixel's box are eligible. Returns ``(n,) int64`` center index, −1 for none.
+    """
+    n, K = target.shape[0], centers.shape[0]
+    out = torch.full((n,), -1, dtype=torch.long, device=target.device)
+    if n == 0 or K == 0:
+        return out
+    centers = centers.to(target.dtype)
+    step = max(1, chunk_pairs // K)
+    out = nearest_center(target, centers, chunk_pairs)
+    if pbox is None:
+        return out
+    ok = _pair_gate(pbox, cbox[out], iou)
+    redo = torch.nonzero(~ok).squeeze(1)
+    out[redo] = -1
+    for s in range(0, redo.numel(), step):
+        idx = redo[s : s + step]
+        t = target[idx]
+        d = (t[:, 0:1] - centers[None, :, 0]).square_()
+        d.add_((t[:, 1:2] - centers[None, :, 1]).square_())
+        elig = _gate(pbox[idx], cbox, iou)
+        d.masked_fill_(~elig, float("inf"))
+        best = d.argmin(dim=1)
+        out[idx] = torch.where(elig.any(dim=1), best, torch.full_like(best, -1))
+    return out
+
+
+def instance_map(
+    center: torch.Tensor,
+    center_offset: torch.Tensor,
+    box_offset: torch.Tensor | None,
+    mask: torch.Tensor,
+    cfg: PostProcessConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class-agnostic instances of one image.
+
+    ``center (H, W)`` heat, ``center_offset (2, H, W)`` (dy, dx) pixels, ``box_offset (4, H, W)`` (t, b,
+    l, r) pixels or None (no box gate), ``mask (H, W)`` bool: the pixels to group. Returns
+    ``(instances (H, W) int64`` with 0 = none and i = i-th center (1-based), ``centers (K, 2)``,
+    ``scores (K,))``.
+    """
+    H, W = center.shape
+    yx, score = find_centers(center, cfg.threshold, cfg.nms_kernel, cfg.top_k)
+    inst = torch.zeros((H, W), dtype=torch.long, device=center.device)
+    if yx.shape[0] == 0:
+        return inst, yx, score
+    flat = torch.nonzero(mask.reshape(-1)).squeeze(1)
+    pyx = torch.stack([flat // W, flat % W], dim=1)
+    # index_select: several times faster than advanced indexing on the CPU
+    off = center_offset.reshape(2, -1).index_select(1, flat).t()
+    target = pyx.to(off.dtype) + off
+    pbox = cbox = None
+    if box_offset is not None:
+        bo = box_offset.reshape(4, -1)
+        pbox = boxes_from_offsets(pyx, bo.index_select(1, flat).t())
+        cbox = boxes_from_offsets(yx, bo[:, yx[:, 0] * W + yx[:, 1]].t())
+    k = group_pixels(target, yx.to(target.dtype), pbox, cbox, cfg.box_iou, cfg.chunk_pairs)
+    inst.view(-1)[flat] = k + 1
+    return inst, yx, score
+
+
+__all__ = [
+    "PostProcessConfig",
+    "GROUPINGS",
+    "find_centers",
+    "boxes_from_offsets",
+    "group_pixels",
+    "nearest_center",
+    "instance_map",
+]
