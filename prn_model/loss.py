@@ -4,19 +4,20 @@
     λ = (1, 200, 0.02, 0.02, 5) by default (:class:`LossWeights`).
 
 Only pixels with ``valid`` true (the unpadded part of each sample) count, in numerators and denominators.
-With ``v`` the valid mask and the per-pixel weights of the batch (DESIGN §3), each term is normalised so:
+Sums run over the whole batch (one ratio per batch, so larger images weigh more, as in Panoptic-DeepLab).
+With the per-pixel weights of the batch (DESIGN §3), each term is normalised so:
 
 * ``semantic``: the logits (B, N_cl, H/4, W/4) are upsampled ×4 (bilinear, align_corners=False) to the
   target's (H, W); per-pixel cross entropy × ``semantic_weight``, summed over valid pixels whose label is not
   255 and divided by the *number* of those pixels. This is Panoptic-DeepLab's plain mean (its weights raise
   small things' share of the mean rather than being normalised away), except that padding and ignore pixels
-  are left out of the count.
+  are left out of the count. No hard-pixel bootstrapping (Panoptic-DeepLab's top-k): the paper says plain CE.
 * ``center``: squared error × ``center_weight``, summed over valid pixels, divided by the sum of
   ``center_weight`` over valid pixels (Panoptic-DeepLab's normalisation).
 * ``center_offset``: |Δdy| + |Δdx| (pixels) × ``offset_weight``, summed over valid pixels, divided by the sum of
   ``offset_weight`` over valid pixels — per-pixel L1 summed over the 2 channels (Panoptic-DeepLab's).
 * ``box_offset``: the same with the 4 box channels (top, bottom, left, right), same weight and denominator.
-* ``foreground``: binary cross entropy of the 1-channel logit (equal to a 2-class softmax CE) × 
+* ``foreground``: binary cross entropy of the 1-channel logit (equal to a 2-class softmax CE) ×
   ``foreground_weight``, summed over valid pixels, divided by the sum of ``foreground_weight`` over valid pixels.
 
 A term whose denominator is 0 (e.g. an image without things) is 0, with a zero gradient, never NaN.
@@ -87,7 +88,9 @@ def foreground_loss(logit: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     w = weight * valid
     on = w > 0
     bce = F.binary_cross_entropy_with_logits(
-        torch.where(on, logit[:, 0].float(), 0.0), torch.where(on, target.to(torch.float32), 0.0), reduction="none"
+        torch.where(on, logit[:, 0].float(), 0.0),
+        torch.where(on, target.to(torch.float32), 0.0),
+        reduction="none",
     )
     bce = torch.where(on, bce, 0.0)
     return _safe_ratio((bce * w).sum(), w.sum())

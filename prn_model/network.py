@@ -281,9 +281,8 @@ class PRN(nn.Module):
         if self.foreground_head is not None:
             out["foreground"] = self.foreground_head(up)
         else:
-            out["foreground"] = F.interpolate(
-                semantic_foreground_logit(sem, self.thing_index, self.stuff_index), size=(h, w), mode="bilinear", align_corners=False
-            )
+            fg = semantic_foreground_logit(sem, self.thing_index, self.stuff_index)
+            out["foreground"] = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False)
         return out
 
 

@@ -3,8 +3,6 @@ compile / channels_last / bf16 paths. Tiny configurations keep every test small 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn

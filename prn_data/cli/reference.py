@@ -11,31 +11,37 @@ import argparse
 import re
 from pathlib import Path
 
-import click
 import typer
 
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
 
 
-def _walk(cmd: click.Command, path: list[str]):
-    if isinstance(cmd, click.Group):
+def _walk(cmd, path: list[str]):
+    # Typer may bundle its own click, so test for the group's shape rather than click's classes.
+    if hasattr(cmd, "commands"):
         for name in sorted(cmd.commands):
             yield from _walk(cmd.commands[name], path + [name])
     else:
         yield path, cmd
 
 
-def _param_row(p: click.Parameter) -> str:
-    if isinstance(p, click.Argument):
-        name = f"`{p.human_readable_name}`"
+def _type_name(p) -> str:
+    """The annotated Python type of a parameter, e.g. ``str``, ``int``, ``Optional[int]`` → ``int``."""
+    ann = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+    name = getattr(ann, "__name__", None) or str(ann or "value")
+    return re.sub(r"(typing\.)?Optional\[(.*)\]", r"\2", name).replace("pathlib.", "")
+
+
+def _param_row(p) -> str:
+    if p.param_type_name == "argument":
+        name = f"`{(p.metavar or p.name).upper()}`"
         kind = "argument" + ("" if p.required else " (optional)")
-        help_ = ""
+        help_ = (getattr(p, "help", None) or "").replace("|", "\\|").replace("\n", " ")
     else:
-        assert isinstance(p, click.Option)
         names = ", ".join(p.opts + p.secondary_opts)
         name = f"`{names}`"
-        kind = "flag" if p.is_flag else p.type.name
+        kind = "flag" if p.is_flag else _type_name(p)
         help_ = (p.help or "").replace("|", "\\|").replace("\n", " ")
         if p.required:
             kind += ", required"
