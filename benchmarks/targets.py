@@ -1,12 +1,13 @@
 """Benchmark: vectorised ground-truth targets vs a per-segment generator (one ``np.where`` per segment, the
 way Panoptic-DeepLab's reference target generator works), on 640×800 maps, in the same process.
 
-    .venv/bin/python benchmarks/targets.py [--repeat 40]
+    .venv/bin/python benchmarks/targets.py [--repeat 20]
 
-Prints ms per image (median wall, min wall and median CPU time of this process, one thread) for each
-scene: the shipped COCO samples resized by the DESIGN §3 policy (534×800 and 450×800), the same padded
-with VOID to 640×800, and seeded synthetic 640×800 scenes with exactly 30 and 100 segments; and the
-speed-up ratio of the median CPU times (the steadier figure on a machine shared with other work).
+Prints ms per image (median wall, min wall and median CPU time of this process, one thread; the two
+generators run alternately so both see the same machine load) for each scene: the shipped COCO samples
+resized by the DESIGN §3 policy (534×800 and 450×800), the same padded with VOID to 640×800, and seeded
+synthetic 640×800 scenes with exactly 30 and 100 segments; and the speed-up ratio (median of the
+per-run CPU-time ratios, the steadier figure on a machine shared with other work).
 Goals (issue 2): ≥ 3× the per-segment way; ≤ 10 ms per 640×800 image with 30 segments on one core.
 Not run by CI. :func:`reference_targets` is also the reference the real-data tests compare against.
 """
@@ -167,23 +168,23 @@ def coco_scenes(canvas: tuple[int, int] = (640, 800)):
     return out
 
 
-def _time(fn, repeat: int) -> tuple[float, float, float]:
-    """(median wall, min wall, median CPU) time of ``fn`` in ms over ``repeat`` runs after two warm-ups.
-    CPU time (this process only) is the fairer figure when other processes share the cores."""
-    fn()
-    fn()
-    wall, cpu = [], []
+def _time_pair(fast, slow, repeat: int) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Run ``fast`` and ``slow`` alternately ``repeat`` times (after a warm-up of each), so that both see
+    the same machine load; returns their wall and CPU (this process) times in ms."""
+    fast(), slow()
+    out: tuple[list[float], ...] = ([], [], [], [])
     for _ in range(repeat):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return 1000 * float(np.median(wall)), 1000 * float(np.min(wall)), 1000 * float(np.median(cpu))
+        for fn, wall, cpu in ((fast, out[0], out[1]), (slow, out[2], out[3])):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall.append(1000 * (time.perf_counter() - t0))
+            cpu.append(1000 * (time.process_time() - c0))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeat", type=int, default=40)
+    p.add_argument("--repeat", type=int, default=20)
     args = p.parse_args(argv)
     from prn_data.targets import TargetParams, compute_targets
 
@@ -192,23 +193,25 @@ def main(argv: list[str] | None = None) -> None:
         pan, segs = synthetic_scene(n, seed=n)
         scenes.append((f"synthetic {n}", pan, segs))
     params = TargetParams()
-    print(f"numpy {np.__version__}; one thread; ms per image: median wall / min wall / median CPU of "
-          f"{args.repeat} runs (per-segment: {max(3, args.repeat // 4)} runs); ratio of median CPU times")
-    print(f"{'scene':<22} {'size':>8} {'segs':>4} | {'vectorised':^20} | {'per-segment':^22} | ratio")
+    print(f"numpy {np.__version__}; one thread; {args.repeat} alternating runs of each; ms per image as "
+          "median wall / min wall / median CPU; ratio = median over runs of per-segment / vectorised CPU time")
+    print(f"{'scene':<22} {'size':>8} {'segs':>4} | {'vectorised':^20} | {'per-segment':^20} | ratio")
+    med = lambda v: float(np.median(v))  # noqa: E731
     for name, pan, segs in scenes:
         a = compute_targets(pan, segs, params)
         b = reference_targets(pan, segs)
         for k in a:  # a benchmark of a wrong result is worthless
             if not np.array_equal(a[k], b[k]):
                 sys.exit(f"{name}: {k} differs between the generators")
-        v = _time(lambda: compute_targets(pan, segs, params), args.repeat)
-        r = _time(lambda: reference_targets(pan, segs), max(3, args.repeat // 4))
+        vw, vc, rw, rc = _time_pair(
+            lambda: compute_targets(pan, segs, params), lambda: reference_targets(pan, segs), args.repeat
+        )
+        ratio = med(np.array(rc) / np.array(vc))
         size = f"{pan.shape[0]}x{pan.shape[1]}"
         print(
-            f"{name:<22} {size:>8} {len(segs):>4} | {v[0]:6.2f} {v[1]:6.2f} {v[2]:6.2f} |"
-            f" {r[0]:6.1f} {r[1]:6.1f} {r[2]:6.1f} | {r[2] / v[2]:4.1f}x"
+            f"{name:<22} {size:>8} {len(segs):>4} | {med(vw):6.2f} {min(vw):6.2f} {med(vc):6.2f} |"
+            f" {med(rw):6.1f} {min(rw):6.1f} {med(rc):6.1f} | {ratio:4.1f}x"
         )
-
 
 if __name__ == "__main__":
     main()

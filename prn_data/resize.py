@@ -1,6 +1,6 @@
 """The resize policy (DESIGN §3; paper §4.2 "PRN Training"): shorter side 640, longer side ≤ 800.
 
-Images are resized bilinearly (antialiased when shrinking); label maps by nearest neighbour sampling
+Images are resized bilinearly (antialiased when shrinking: PIL; enlarging: OpenCV); label maps by nearest neighbour sampling
 source index ⌊(2i + 1)·src / (2·dst)⌋ in exact integer arithmetic (OpenCV's INTER_NEAREST_EXACT agrees).
 """
 
@@ -58,11 +58,19 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``(H, W, 3) uint8`` to ``size = (h, w)``; PIL's filter widens its support when
-    shrinking, i.e. it antialiases."""
+    """Bilinear resize of ``(H, W, 3) uint8`` to ``size = (h, w)`` with half-pixel centres.
+
+    Enlarging (both sides grow or stay, COCO's usual case): OpenCV's ``INTER_LINEAR``, ~6× faster than
+    PIL here; it rounds its fixed-point weights differently from PIL, so a quarter of the pixels differ
+    from PIL's by 1 (never more). Shrinking on either side: PIL's bilinear, whose filter widens its support
+    when shrinking, i.e. it antialiases (``INTER_LINEAR`` would alias, ``INTER_AREA`` is a box filter)."""
     h, w = size
     if image.shape[:2] == (h, w):
         return image
+    if h >= image.shape[0] and w >= image.shape[1] and image.ndim == 3 and image.dtype == np.uint8:
+        import cv2
+
+        return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 

@@ -247,6 +247,13 @@ class Store:
                                                self.attrs["image_codec"])}
         self._arrays: dict = {}
         self._sizes: np.ndarray | None = None
+        # Read-only handles cache what a training reader asks for again and again: each shard's chunk
+        # index (one small suffix read per shard and array, then one range read per chunk) and blocks of
+        # the small per-sample arrays. A handle open for writing caches nothing (the build rewrites both).
+        self._index_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._small_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._direct: dict[str, bool] = {}
+        self._direct_zstd: dict[str, bool] = {}
 
     # -- basic facts
     def __len__(self) -> int:
@@ -298,7 +305,12 @@ class Store:
         """Stored (still quantised) values of sample ``i`` on the padded canvas, every array but ``done``
         and ``checksum``."""
         i = self._check_index(i)
-        return {p: self.array(p)[i] for p in self.defs if p != "done" and p != "checksum"}
+        paths = [p for p in self.defs if p != "done" and p != "checksum"]
+        out = self.read_codes(i, [p for p in paths if self.defs[p].sharded])
+        for p in paths:
+            if not self.defs[p].sharded:
+                out[p] = self._small(p, i)
+        return {p: out[p] for p in paths}
 
     def read_sample(self, i: int, crop: bool = True, arrays: Iterable[str] | None = None) -> dict[str, Any]:
         """Sample ``i`` decoded to the in-memory dtypes (module table). ``crop=False`` keeps the canvas.
@@ -307,51 +319,154 @@ class Store:
         ``done`` is False raises :class:`StoreError`.
         """
         i = self._check_index(i)
-        want = [p for p in dict.fromkeys(["done", "size", *(arrays or self.defs)])]
+        want = [p for p in dict.fromkeys(["size", *(arrays or self.defs)]) if p != "done"]
         for p in want:
             if p not in self.defs:
                 raise StoreError(f"{self.url}: no array {p!r} in this store")
-        raw = self._fetch(want, (i,))
-        if not bool(raw.pop("done")):
+        if not self.is_done(i):
             raise StoreError(f"{self.url}: sample {i} is not done (build incomplete or failed)")
-        out = {p: decode(self.defs[p], v) for p, v in raw.items()}
+        raw = self.read_codes(i, [p for p in want if self.defs[p].sharded])
+        out = {}
+        for p in want:
+            d = self.defs[p]
+            out[p] = decode(d, raw[p] if d.sharded else self._small(p, i))
         if crop:
             out = crop_sample(out, out["size"])
         return out
 
-    def _fetch(self, paths: Sequence[str], selection: tuple) -> dict[str, Any]:
-        """Read ``selection`` of several arrays concurrently on zarr's event loop (one round of requests
-        rather than one per array, which matters over a network)."""
+    def is_done(self, i: int) -> bool:
+        """Whether sample ``i`` is completely written (a cached True stays True; False is re-read)."""
+        return bool(self._small("done", i))
+
+    def _small(self, path: str, i: int) -> Any:
+        """Value ``i`` of a small (unsharded) array; read-only handles read and keep whole chunks."""
+        if self.mode != "r":
+            return self.array(path)[i]
+        block = i // SMALL_CHUNK
+        vals = self._small_cache.get((path, block))
+        if vals is None or (path == "done" and not vals[i - block * SMALL_CHUNK]):
+            a = self.array(path)
+            vals = self._small_cache[(path, block)] = np.asarray(a[block * SMALL_CHUNK : (block + 1) * SMALL_CHUNK])
+        return vals[i - block * SMALL_CHUNK]
+
+    def _is_direct(self, path: str) -> bool:
+        """Whether ``path``'s chunks can be read without zarr's codec pipeline: one sample per chunk inside
+        ``shard_size`` shards, chunk codecs little-endian bytes (+ zstd), shard index at the end with
+        CRC32C — exactly what :func:`_create_array` writes with the zstd codecs."""
+        ok = self._direct.get(path)
+        if ok is None:
+            import zarr.codecs as zc
+
+            d = self.defs[path]
+            ok = False
+            try:
+                codecs = self.array(path).metadata.codecs
+                if len(codecs) == 1 and isinstance(codecs[0], zc.ShardingCodec):
+                    sc = codecs[0]
+                    inner = list(sc.codecs)
+                    ok = (tuple(sc.chunk_shape) == (1,) + d.shape
+                          and tuple(self.array(path).shards or ()) == (self.shard_size,) + d.shape
+                          and str(getattr(sc.index_location, "value", sc.index_location)) == "end"
+                          and [type(c) for c in sc.index_codecs] == [zc.BytesCodec, zc.Crc32cCodec]
+                          and len(inner) in (1, 2) and isinstance(inner[0], zc.BytesCodec)
+                          and (np.dtype(d.dtype).itemsize == 1
+                               or str(getattr(inner[0].endian, "value", inner[0].endian)) == "little")
+                          and (len(inner) == 1 or isinstance(inner[1], zc.ZstdCodec)))
+                    self._direct_zstd[path] = len(inner) == 2
+            except (AttributeError, TypeError):
+                ok = False
+            self._direct[path] = ok
+        return ok
+
+    def read_codes(self, i: int, paths: Sequence[str], out: Mapping[str, np.ndarray] | None = None
+                   ) -> dict[str, np.ndarray]:
+        """Stored values (quantised dtypes, padded canvas) of sample ``i``'s map arrays ``paths``.
+
+        The fast path for training: per array one range read of the chunk (shard indices are cached by a
+        read-only handle) and one zstd decompression straight into the result — no whole-shard reads and
+        none of zarr's per-call buffers. ``out[path]`` (C-contiguous, the array's per-sample shape and
+        stored dtype) is filled in place when given, e.g. a slice of a batch. Arrays written with other
+        codecs (the image codec, Blosc) go through zarr. Returns ``{path: array}``.
+        """
         import asyncio
 
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        arrays = [self.array(p).async_array for p in paths]
+        i = self._check_index(i)
+        out = dict(out or {})
+        res: dict[str, np.ndarray] = {}
+        direct = [p for p in paths if self._is_direct(p)]
+        for p in paths:
+            if p not in direct:
+                v = np.asarray(self.array(p)[i])
+                if p in out:
+                    out[p][...] = v
+                    v = out[p]
+                res[p] = v
+        if not direct:
+            return res
+        S, shard, slot = self.shard_size, i // self.shard_size, i % self.shard_size
+        proto = default_buffer_prototype()
+        keys = {p: f"{p}/c/{shard}" + "/0" * len(self.defs[p].shape) for p in direct}
+        need = [p for p in direct if (p, shard) not in self._index_cache]
 
-        async def gather():
-            return await asyncio.gather(*(a.getitem(selection) for a in arrays))
+        async def gather(reqs):
+            return await asyncio.gather(*(self.zstore.get(k, prototype=proto, byte_range=r) for k, r in reqs))
 
-        return dict(zip(paths, sync(gather())))
+        index: dict[str, np.ndarray | None] = {p: self._index_cache.get((p, shard)) for p in direct}
+        if need:
+            tails = sync(gather([(keys[p], SuffixByteRequest(16 * S + 4)) for p in need]))
+            for p, tail in zip(need, tails):
+                index[p] = None if tail is None else _parse_index(tail.to_bytes(), S, keys[p])
+                if tail is not None and self.mode == "r":
+                    self._index_cache[(p, shard)] = index[p]
+        spans = {}
+        for p in direct:
+            ix = index[p]
+            if ix is not None and int(ix[slot, 0]) != _MAX_U64:
+                off, nb = int(ix[slot, 0]), int(ix[slot, 1])
+                spans[p] = RangeByteRequest(off, off + nb)
+        blobs = dict(zip(spans, sync(gather([(keys[p], r) for p, r in spans.items()])))) if spans else {}
+        for p in direct:
+            d = self.defs[p]
+            dst = out.get(p)
+            if dst is None:
+                dst = np.empty(d.shape, dtype=d.dtype)
+            blob = blobs.get(p)
+            if blob is None:  # an empty slot reads as the fill value, as zarr does
+                dst[...] = d.fill
+            else:
+                _decompress_into(blob.to_bytes(), dst, self._direct_zstd[p], keys[p])
+            res[p] = dst
+        return res
 
     def read_batch(self, indices: Sequence[int], arrays: Iterable[str] | None = None) -> dict[str, Any]:
         """Samples ``indices`` on the padded canvas, stacked: ``(B, ...)`` decoded arrays, lists for strings
-        and segments. Each array is fetched in one zarr call (chunks read concurrently)."""
-        idx = np.asarray([self._check_index(i) for i in indices], dtype=np.int64)
-        done = self.done[idx]
-        if not done.all():
-            raise StoreError(f"{self.url}: samples {idx[~done].tolist()} are not done")
-        out: dict[str, Any] = {}
+        and segments. Each sample's chunks are read alone (one range read per chunk, never a whole shard)
+        and decompressed into the stacked array; decoding to floats is one pass over the batch."""
+        idx = [self._check_index(i) for i in indices]
+        bad = [i for i in idx if not self.is_done(i)]
+        if bad:
+            raise StoreError(f"{self.url}: samples {bad} are not done")
         paths = [p for p in (arrays or self.defs) if p != "done"]
-        raws = {}
-        for p in paths:  # orthogonal selections: one zarr call per array, its chunks read concurrently
-            a = self.array(p)
-            raws[p] = a.get_orthogonal_selection((idx,) + (slice(None),) * (a.ndim - 1))
-        for p, raw in raws.items():
+        for p in paths:
+            if p not in self.defs:
+                raise StoreError(f"{self.url}: no array {p!r} in this store")
+        maps = [p for p in paths if self.defs[p].sharded]
+        stacked = {p: np.empty((len(idx),) + self.defs[p].shape, dtype=self.defs[p].dtype) for p in maps}
+        for b, i in enumerate(idx):
+            self.read_codes(i, maps, out={p: stacked[p][b] for p in maps})
+        out: dict[str, Any] = {}
+        for p in paths:
             d = self.defs[p]
-            if d.encoding in ("json", "str"):
-                out[p] = [decode(d, v) for v in raw]
+            if d.sharded:
+                out[p] = decode(d, stacked[p], batched=True)
+            elif d.encoding in ("json", "str"):
+                out[p] = [decode(d, self._small(p, i)) for i in idx]
             else:
-                out[p] = decode(d, raw, batched=True)
+                out[p] = decode(d, np.stack([np.asarray(self._small(p, i)) for i in idx]), batched=True)
         return out
 
     def chunk_bytes(self, path: str, i: int) -> bytes | None:
@@ -609,8 +724,9 @@ def _quantise(d: ArrayDef, v: np.ndarray) -> np.ndarray:
     raise StoreError(f"{d.path}: cannot quantise a {d.encoding} array")
 
 
-def decode(d: ArrayDef, raw: Any, batched: bool = False) -> Any:
-    """Stored value(s) of one sample (or a batch, ``batched=True``) → the in-memory form."""
+def decode(d: ArrayDef, raw: Any, batched: bool = False, out: np.ndarray | None = None) -> Any:
+    """Stored value(s) of one sample (or a batch, ``batched=True``) → the in-memory form. Scaled and lut
+    maps decode in one pass (``float32(q) × scale``, ``lut[q]``), into ``out`` (float32) when given."""
     if d.encoding == "json":
         return json.loads(str(raw)) if raw not in (None, "") else []
     if d.encoding == "str":
@@ -623,9 +739,10 @@ def decode(d: ArrayDef, raw: Any, batched: bool = False) -> Any:
     if d.encoding == "scale":
         nd = len(d.shape)
         scale = np.asarray(d.scale, dtype=np.float32).reshape((-1,) + (1,) * (nd - 1))
-        return raw.astype(np.float32) * scale
+        # q → float32 is exact and the product is float32's, the same bits as astype(float32) * scale
+        return np.multiply(raw, scale, out=out, dtype=np.float32, casting="unsafe")
     if d.encoding == "lut":
-        return np.asarray(d.lut, dtype=np.float32)[raw]
+        return np.take(np.asarray(d.lut, dtype=np.float32), raw, out=out)
     raise StoreError(f"{d.path}: unknown encoding {d.encoding!r}")
 
 
@@ -732,6 +849,37 @@ def encode_sample(defs: Sequence[ArrayDef], maps: Mapping[str, Any], meta: Mappi
 
 
 # --------------------------------------------------------------------------------------------- shards
+
+def _decompress_into(blob: bytes, dst: np.ndarray, zstd: bool, key: str) -> None:
+    """One chunk's bytes (zstd-compressed when ``zstd``; little-endian, C order) into ``dst`` in place.
+    A chunk that does not decode to exactly ``dst.nbytes`` bytes is a :class:`StoreError`."""
+    target = dst if dst.flags.c_contiguous else np.empty(dst.shape, dtype=dst.dtype)
+    flat = target.reshape(-1).view(np.uint8)  # a view of target: decompressing into it fills dst
+    try:
+        if not zstd:
+            n = len(blob)
+            if n == flat.size:
+                flat[:] = np.frombuffer(blob, dtype=np.uint8)
+        elif _zstd_into is not None:
+            n = len(_zstd_into(blob, out=flat))  # imagecodecs returns the filled part: its length is checked
+        else:
+            from numcodecs import Zstd
+
+            Zstd().decode(blob, out=flat)  # raises only when the chunk is larger than dst
+            n = flat.size
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise StoreError(f"{key}: damaged chunk ({exc})") from None
+    if n != flat.size:
+        raise StoreError(f"{key}: chunk decodes to {n} bytes, expected {flat.size}")
+    if target is not dst:
+        dst[...] = target
+
+
+try:  # libzstd through imagecodecs (already the image codec's library): decompresses into a given buffer
+    from imagecodecs import zstd_decode as _zstd_into
+except ImportError:  # pragma: no cover - numcodecs' zstd is the fallback
+    _zstd_into = None
+
 
 def _assemble_shard(chunks: Sequence[bytes | None], ndim_rest: int) -> bytes:
     """Bytes of a ``sharding_indexed`` shard (index at the end: uint64 (offset, nbytes) per chunk, little

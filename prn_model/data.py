@@ -18,6 +18,14 @@ Per sample it returns the Batch fields without the batch axis (see :data:`BATCH_
 bytes, and no float decode in the workers); :func:`decode_batch` then turns the collated batch into the
 Batch above on the training device, with the store's own arithmetic (bit-identical values).
 
+How a batch is made (the fast path, measured in ``benchmarks/loader.py``): each sample's map chunks are
+read and decompressed straight into their stored dtypes (``Store.read_codes``: one range read per chunk,
+cached shard indices), augmented *as codes* (a flip negates int16 codes exactly as it negates their
+floats), and decoded once, by :func:`collate`, straight into the batch tensors (``float32(q) × scale`` or
+``lut[q]``, the store's arithmetic): no per-sample float arrays, no second copy. :func:`make_loader`
+hands a whole batch of keys to the dataset (``ds[[k0, k1, …]]`` is the collated Batch), so a worker
+does exactly this; ``ds[k]`` still gives one sample's fields as NumPy (floats unless ``decode="device"``).
+
 Sampling keys: the training sampler yields integers ``key = epoch · n + i`` (``i`` indexes the ``done``
 samples), and the augmentation generator is seeded with ``(seed, epoch, i)``; so what a sample looks like
 never depends on which worker or rank reads it, and a resumed run replays exactly.
@@ -35,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prn_data.errors import StoreError
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, gridmask, hflip
 
 BATCH_KEYS = (
     "image",
@@ -180,7 +188,8 @@ class StoreDataset(Dataset):
         store = self.opener()
         try:
             #: Batch key → ("scale", per-channel factors) | ("lut", values): how decode_batch decodes codes.
-            self.decode_spec = _decode_spec(store) if decode == "device" else {}
+            self._spec = _decode_spec(store)
+            self.decode_spec = self._spec if decode == "device" else {}
             done = np.asarray(store.done, dtype=bool)
             self.indices = np.flatnonzero(done).astype(np.int64)
             self.categories = store.categories
@@ -213,24 +222,49 @@ class StoreDataset(Dataset):
             self._pid = os.getpid()
         return self._store
 
-    def read(self, i: int) -> dict:
-        """The un-augmented per-sample fields of the ``i``-th done sample."""
+    def read(self, i: int, codes: bool | None = None) -> dict:
+        """The un-augmented per-sample fields of the ``i``-th done sample; stored codes for the maps of
+        :data:`CODED` when ``codes`` (default: ``decode == "device"``)."""
         row = int(self.indices[i])
         store = self.store()
-        if self.decode == "device":
-            raw = {p: store.array(p)[row] for p in STORE_KEYS if p != "size"}
-            raw["size"] = store.sizes[row]
-            return sample_from_store(raw, row, codes=True)
-        raw = store.read_sample(row, crop=False, arrays=[k for k in STORE_KEYS if k != "size"])
-        return sample_from_store(raw, row)
+        raw = store.read_codes(row, [p for p in STORE_KEYS if p != "size"])
+        raw["size"] = store.sizes[row]
+        s = sample_from_store(raw, row, codes=True)
+        if codes is None:
+            codes = self.decode == "device"
+        return s if codes else _decode_sample(s, self._spec)
 
-    def __getitem__(self, key: int) -> dict:
+    def _coded(self, key: int) -> dict:
+        """Sample ``key`` as stored codes, augmented (module docstring). Augmenting codes equals augmenting
+        their floats: a flip moves values and negates int16 codes (never −32768: offsets are within
+        ±2047 px), GridMask touches only the uint8 image. With ``decode="loader"`` and no crop, the flip of
+        the big coded maps is left pending (``_flip``) and done by the decode, in the same pass."""
         epoch, i = divmod(int(key), len(self.indices))
-        sample = self.read(i)
-        if self.augment_cfg is not None:
-            rng = np.random.default_rng([self.seed, epoch, i])
-            sample = augment(sample, self.augment_cfg, rng)
+        sample = self.read(i, codes=True)
+        cfg = self.augment_cfg
+        if cfg is None:
+            return sample
+        rng = np.random.default_rng([self.seed, epoch, i])
+        if self.decode == "device" or cfg.crop is not None:
+            return augment(sample, cfg, rng)
+        # augment()'s order and draws (crop, flip, GridMask), with the flip of the CODED maps deferred;
+        # test_device_decode_gives_bit_identical_batches checks it against augment() itself.
+        if cfg.flip and rng.random() < cfg.flip_prob:
+            light = hflip({k: v for k, v in sample.items() if k not in CODED})
+            sample.update(light)
+            sample["_flip"] = np.int64(sample["size"][1])
+        if cfg.gridmask is not None:
+            sample = gridmask(sample, cfg.gridmask, rng)
         return sample
+
+    def __getitem__(self, key):
+        """``ds[k]``: one sample's fields (NumPy); ``ds[[k0, k1, …]]``: the collated Batch of those keys
+        (what :func:`make_loader`'s workers call), decoded straight into the batch tensors."""
+        if isinstance(key, (list, tuple, np.ndarray)):
+            samples = [self._coded(k) for k in key]
+            return collate(samples, None if self.decode == "device" else self._spec)
+        sample = self._coded(key)
+        return sample if self.decode == "device" else _decode_sample(sample, self._spec)
 
 
 def _decode_spec(store) -> dict[str, tuple[str, list[float]]]:
@@ -267,6 +301,64 @@ def decode_batch(batch: dict[str, torch.Tensor], spec: dict[str, tuple[str, list
     out["semantic"] = batch["semantic"].long()
     out["foreground"] = batch["foreground"].long()
     out["foreground_weight"] = batch["foreground_weight"].to(torch.float32)
+    return out
+
+
+# Channel order and negated channels of a horizontal flip (prn_model.augment.hflip's table).
+_FLIP = {
+    "center_offset": ([0, 1], (1,)),  # dy, dx
+    "box_offset": ([0, 1, 3, 2], ()),  # top, bottom, left ↔ right
+    "instance": ([0, 1, 2, 3, 4, 6, 5], (2,)),  # heatmap, dy, dx, top, bottom, right ↔ left
+}
+
+
+def _decode_into(key: str, code: np.ndarray, spec: dict, out: np.ndarray, flip_w: int | None = None) -> np.ndarray:
+    """Decode one sample's stored ``code`` of Batch ``key`` into float32 ``out`` (same shape) in one pass,
+    with :func:`decode_batch`'s arithmetic (bit-identical). ``flip_w`` mirrors the valid width at the same
+    time, exactly as :func:`prn_model.augment.hflip` would on the decoded map (``−(q·s) = q·(−s)``)."""
+    kind, values = spec[key]
+    v = np.asarray(values, dtype=np.float32)
+    if flip_w is None:
+        if kind == "scale":
+            scale = v.reshape((-1, 1, 1)) if (code.ndim == 3 and len(values) > 1) else v.reshape((1,) * code.ndim)
+            return np.multiply(code, scale, out=out, dtype=np.float32, casting="unsafe")
+        return np.take(v, code, out=out)
+    w = int(flip_w) if key != "base_semantic" else -(-int(flip_w) // 4)
+    c3, o3 = (code[None], out[None]) if code.ndim == 2 else (code, out)
+    chans, negate = _FLIP.get(key, (None, ()))
+
+    def put(src, dst, c):
+        if kind == "lut":
+            dst[...] = np.take(v, src)
+        else:
+            s = v[c if len(v) > 1 else 0]
+            np.multiply(src, -s if c_neg else s, out=dst, dtype=np.float32, casting="unsafe")
+
+    if chans is None:  # every channel mirrors in place: one call per region
+        c_neg = False
+        if kind == "scale" and len(v) > 1:
+            raise ValueError(f"{key}: per-channel scales need a flip channel table")
+        put(c3[..., w - 1 :: -1] if w > 0 else c3[..., :0], o3[..., :w], 0)
+        put(c3[..., w:], o3[..., w:], 0)
+        return out
+    for k, src_c in enumerate(chans):
+        c_neg = False
+        put(c3[k, :, w:], o3[k, :, w:], k)  # the padding columns keep their own channel, as hflip does
+        if w > 0:
+            c_neg = k in negate
+            put(c3[src_c, :, w - 1 :: -1], o3[k, :, :w], src_c)
+    return out
+
+
+def _decode_sample(sample: dict, spec: dict) -> dict:
+    """A code sample (``read(..., codes=True)``) → the float per-sample fields of ``decode="loader"``."""
+    out = {k: v for k, v in sample.items() if k not in ("codes", "_flip")}
+    flip = sample.get("_flip")
+    for key in CODED:
+        code = np.asarray(sample[key])
+        out[key] = _decode_into(key, code, spec, np.empty(code.shape, dtype=np.float32), flip)
+    out["image"] = sample["image"]
+    out["foreground_weight"] = np.asarray(sample["foreground_weight"], dtype=np.float32)
     return out
 
 
@@ -317,40 +409,75 @@ def _dtype(key: str) -> torch.dtype:
     return torch.int64
 
 
-def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+def collate(samples: list[dict], spec: dict | None = None) -> dict[str, torch.Tensor]:
     """Stack per-sample fields into the Batch (dtypes as in the module docstring; samples read with
     ``decode="device"`` keep their stored dtypes and add ``codes``: pass the result to :func:`decode_batch`).
 
-    Inside a DataLoader worker the batch is written straight into shared memory (as torch's default
-    collate does), so handing it to the main process costs no further copy.
+    Code samples with ``spec`` (a dataset's decode spec) are decoded while stacking, each straight into its
+    row of the batch tensor: the Batch contract in one pass. Inside a DataLoader worker the batch is
+    written straight into shared memory (as torch's default collate does), so handing it to the main
+    process costs no further copy.
     """
     in_worker = torch.utils.data.get_worker_info() is not None
     codes = bool(samples[0].get("codes", False))
+    decoding = codes and spec is not None
+    keep_codes = codes and not decoding
     out: dict[str, torch.Tensor] = {}
-    for key in BATCH_KEYS + (("codes",) if codes else ()):
+    for key in BATCH_KEYS + (("codes",) if keep_codes else ()):
         first = np.asarray(samples[0][key])
-        dtype = torch.from_numpy(first.reshape(-1)[:0]).dtype if codes and key != "size" and key != "index" else _dtype(key)
-        t = torch.empty((len(samples),) + first.shape, dtype=dtype)
-        if in_worker:
-            t.share_memory_()
+        if keep_codes and key not in ("size", "index"):
+            dtype = torch.from_numpy(first.reshape(-1)[:0]).dtype
+        else:
+            dtype = _dtype(key)
+        t = _empty((len(samples),) + first.shape, dtype, shared=in_worker)
         # NumPy copies on one thread: torch's parallel copy spins on a loaded machine for no gain here.
         buf = t.numpy()
         for i, s in enumerate(samples):
-            buf[i] = s[key]
+            if decoding and key in CODED:
+                _decode_into(key, np.asarray(s[key]), spec, buf[i], s.get("_flip"))
+            else:
+                buf[i] = s[key]
         out[key] = t
     return out
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor: allocated directly in shared memory in a worker (torch's own collate does
+    the same; ``share_memory_()`` would copy), else from NumPy's heap, whose freed pages are reused —
+    ``torch.empty`` maps fresh pages for every large batch, and first-touching 50 MB costs ~20 ms here."""
+    if shared:
+        n = int(np.prod(shape, dtype=np.int64))
+        storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
+        return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return torch.empty(shape, dtype=dtype)
+
+
+def _batched(batch: dict) -> dict:
+    # The dataset already collated the batch (StoreDataset[[keys]]); DataLoader's batch_size=None path.
+    return batch
 
 
 def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None = None,
                 num_workers: int = 0, mp_context: str | None = "forkserver", pin_memory: bool = False,
                 prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader over ``dataset`` with :func:`collate`; workers start from ``mp_context``
-    (``forkserver`` by default, ``None`` for the platform default) and collate inside the worker."""
+    (``forkserver`` by default, ``None`` for the platform default) and collate inside the worker.
+
+    A :class:`StoreDataset` (or a ``Subset`` of one) gets whole batches of keys (``ds[[k, …]]``), so its
+    workers decode straight into the batch tensors; the batches are the same as with per-sample reads."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
         if mp_context:
             kwargs["multiprocessing_context"] = mp_context
+    inner = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    if isinstance(inner, StoreDataset):
+        from torch.utils.data import BatchSampler, SequentialSampler
+
+        batches = BatchSampler(sampler if sampler is not None else SequentialSampler(dataset), batch_size,
+                               drop_last=False)
+        return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=num_workers,
+                          collate_fn=_batched, pin_memory=pin_memory, **kwargs)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -33,11 +33,6 @@ def _taps(out: int, inp: int, device: torch.device) -> tuple[torch.Tensor, torch
     return i0, (i0 + 1).clamp_(max=inp - 1), src - i0
 
 
-def _label_dtype(C: int) -> torch.dtype:
-    # Narrow labels make the full-size label maps cheaper to build and to scan; −1 must fit too.
-    return torch.int16 if C < torch.iinfo(torch.int16).max else torch.int32
-
-
 def argmax_upsampled(
     logits: torch.Tensor,
     size: tuple[int, int],
@@ -49,37 +44,47 @@ def argmax_upsampled(
     """Argmax over classes of ``(C, h', w')`` logits bilinearly resized to ``size`` (align_corners=False),
     as ``(H, W) int64`` (or the top-left ``crop = (h, w)`` of it), without building ``(C, H, W)``.
 
+    See :func:`_argmax_upsampled` (which returns int32). With ``where`` (bool, the output's shape) only
+    boundary pixels inside it are resolved; the others keep the top-left source pixel's argmax.
+    ``table`` is accepted for compatibility and not needed."""
+    return _argmax_upsampled(logits, size, chunk, crop, where).long()
+
+
+def _argmax_upsampled(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    chunk: int = 1 << 22,
+    crop: tuple[int, int] | None = None,
+    where: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`argmax_upsampled` as ``int32`` (narrow labels are cheaper to build, scan and count).
+
     Every output pixel interpolates one 2×2 source block (rows i, i + 1; columns j, j + 1, clamped at the
     border). A bilinear value is a convex combination of its block's four values, so where the block's
     four argmaxes agree, so does the result: that test and the label copy run at the source resolution,
-    and the full-size map is one gather of a per-block code. Pixels of disagreeing (boundary) blocks are
-    settled per block by a bound (:func:`_settle_boundary`); the rest are interpolated over all classes,
-    ``chunk`` values at a time. With ``where`` (bool, the output's shape) only boundary pixels inside it
-    are resolved; the others keep the top-left source pixel's argmax. ``table`` is accepted for
-    compatibility and not needed."""
+    and the full-size map is one gather of a per-block code. Pixels of the other (boundary) blocks are
+    resolved by :func:`_resolve_blocks`."""
     H, W = size
     C, h_in, w_in = logits.shape
     dev = logits.device
-    y0, y1, wy = _taps(H, h_in, dev)
-    x0, x1, wx = _taps(W, w_in, dev)
+    y0, _, wy = _taps(H, h_in, dev)
+    x0, _, wx = _taps(W, w_in, dev)
     if crop is not None:
-        y0, y1, wy = y0[: crop[0]], y1[: crop[0]], wy[: crop[0]]
-        x0, x1, wx = x0[: crop[1]], x1[: crop[1]], wx[: crop[1]]
-    h, W = y0.numel(), x0.numel()
-    low = logits.max(0).indices  # same first-max rule as argmax, faster along a strided axis
-    i1 = (torch.arange(h_in, device=dev) + 1).clamp_(max=h_in - 1)
-    j1 = (torch.arange(w_in, device=dev) + 1).clamp_(max=w_in - 1)
+        y0, wy = y0[: crop[0]], wy[: crop[0]]
+        x0, wx = x0[: crop[1]], wx[: crop[1]]
+    W = x0.numel()
+    low = logits.max(0).indices.to(torch.int32)  # same first-max rule as argmax, faster along a strided axis
+    i1, j1 = _next(h_in, dev), _next(w_in, dev)
     below = low.index_select(0, i1)
     agree = (low == low.index_select(1, j1)) & (low == below) & (low == below.index_select(1, j1))
-    code = torch.where(agree, low, -1).to(_label_dtype(C))
+    code = torch.where(agree, low, -1)
     # Columns first: the row gather then copies whole rows.
-    full = code.index_select(1, x0).index_select(0, y0)
-    boundary = full < 0
+    out = code.index_select(1, x0).index_select(0, y0)
+    boundary = out < 0
     if where is not None:
         boundary &= where
-        top_left = low.to(code.dtype).index_select(1, x0).index_select(0, y0)
-        full = torch.where(full < 0, top_left, full)
-    out = full.long()
+        top_left = low.index_select(1, x0).index_select(0, y0)
+        out = torch.where(out < 0, top_left, out)
     pix = torch.nonzero(boundary.reshape(-1)).squeeze(1)
     if pix.numel() == 0:
         return out
@@ -88,54 +93,52 @@ def argmax_upsampled(
     slot = torch.empty(h_in * w_in, dtype=torch.long, device=dev)
     slot[blocks] = torch.arange(blocks.numel(), device=dev)
     pb = slot.index_select(0, y0.index_select(0, py).mul_(w_in).add_(x0.index_select(0, px)))
-    bi, bj = blocks // w_in, blocks % w_in
-    bi1, bj1 = i1.index_select(0, bi).mul_(w_in), j1.index_select(0, bj)
-    bi = bi.mul_(w_in)
-    taps = torch.stack([bi + bj, bi + bj1, bi1 + bj, bi1 + bj1])  # (4, n_b) flat source pixels
-    ty, tx = wy.index_select(0, py)[None], wx.index_select(0, px)[None]
-    rest, block_logits = _settle_boundary(logits, low, taps, pb, ty, tx, pix, out)
-    if rest.numel() == 0:
-        return out
-    nb = blocks.numel()
-    step = max(1, chunk // max(C, 1))
-    for s in range(0, rest.numel(), step):
-        r = rest[s : s + step]
-        b = pb.index_select(0, r)
-        v = [block_logits.index_select(1, b + t * nb) for t in range(4)]
-        rx, ry = tx[:, r], ty[:, r]
-        val = torch.lerp(torch.lerp(v[0], v[1], rx), torch.lerp(v[2], v[3], rx), ry)
-        out.view(-1).index_copy_(0, pix.index_select(0, r), val.max(0).indices)
+    taps = _block_taps(blocks, i1, j1, w_in)
+    block_logits = logits.reshape(C, -1).index_select(1, taps.reshape(-1))
+    cls = low.reshape(-1)[taps]
+    lab = _resolve_blocks(block_logits, cls, pb, wy.index_select(0, py)[None], wx.index_select(0, px)[None], chunk)
+    out.view(-1).index_copy_(0, pix, lab.to(torch.int32))
     return out
 
 
-def _settle_boundary(
-    logits: torch.Tensor,
-    low: torch.Tensor,
-    taps: torch.Tensor,
+def _next(n: int, device: torch.device) -> torch.Tensor:
+    """Index of the next source row (or column), clamped at the last: bilinear's second tap."""
+    return (torch.arange(n, device=device) + 1).clamp_(max=n - 1)
+
+
+def _block_taps(blocks: torch.Tensor, i1: torch.Tensor, j1: torch.Tensor, w_in: int) -> torch.Tensor:
+    """``(4, n_b)`` flat source pixels (top-left, top-right, bottom-left, bottom-right) of the 2×2 blocks
+    whose top-left pixels are ``blocks (n_b,)``."""
+    bi, bj = blocks // w_in, blocks % w_in
+    bi1, bj1 = i1.index_select(0, bi).mul_(w_in), j1.index_select(0, bj)
+    bi = bi.mul_(w_in)
+    return torch.stack([bi + bj, bi + bj1, bi1 + bj, bi1 + bj1])
+
+
+def _resolve_blocks(
+    block_logits: torch.Tensor,
+    cls: torch.Tensor,
     pb: torch.Tensor,
     ty: torch.Tensor,
     tx: torch.Tensor,
-    pix: torch.Tensor,
-    out: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Settle boundary pixels whose winner is one of their block's four tap-argmax classes.
+    chunk: int,
+) -> torch.Tensor:
+    """Exact argmax of the bilinear interpolation at pixels of 2×2 source blocks, ``(n,) int64``.
 
-    ``taps (4, n_b)``: each boundary block's source pixels (top-left, top-right, bottom-left,
-    bottom-right); ``pb (n,)``: each boundary pixel's block; ``ty, tx (1, n)``: its interpolation weights;
-    ``pix (n,)``: its flat output index, written in ``out``. An interpolated logit never exceeds its
-    largest tap value, so when the best candidate, interpolated exactly, beats every other class's
-    largest tap value in the block, no other class can win. Returns the positions (into ``pix``) left
-    undecided and the blocks' logits ``(C, 4·n_b)`` (column ``t·n_b + b``: tap t of block b)."""
-    C = logits.shape[0]
-    hw = logits.shape[1] * logits.shape[2]
-    flat = logits.reshape(C, hw)
-    nb = taps.shape[1]
-    cls = low.reshape(-1)[taps]  # (4, n_b): candidate k = the argmax at tap k
-    block_logits = flat.index_select(1, taps.reshape(-1))
-    # value of each candidate (rows) at each tap, (4, n_b) per tap
+    ``block_logits (C, 4·n_b)``: the logits at each block's taps (column ``t·n_b + b``: tap t of block b,
+    in the order of :func:`_block_taps`); ``cls (4, n_b)``: the argmax at each tap; ``pb (n,)``: each
+    pixel's block; ``ty, tx (1, n)``: its interpolation weights. An interpolated logit never exceeds its
+    largest tap value, so when the best of the (≤ 4) tap-argmax classes, interpolated exactly, beats every
+    other class's largest tap value in the block, no other class can win. The remaining pixels are
+    interpolated over all classes, ``chunk`` values at a time. Every interpolation is the same lerp
+    sequence, so a winner is bit-for-bit the full interpolation's argmax."""
+    C = block_logits.shape[0]
+    nb = cls.shape[1]
     tv = block_logits.view(C, 4, nb)
-    v = [tv[:, t].gather(0, cls) for t in range(4)]
-    # Same lerp sequence as a full interpolation, so a decided winner is bit-for-bit the full argmax.
+    # The value of candidate k at tap t: one flat gather, (4, n_b) per tap.
+    kcol = cls.long() * (4 * nb) + torch.arange(nb, device=cls.device)
+    flat = block_logits.reshape(-1)
+    v = [flat.index_select(0, (kcol + t * nb).view(-1)).view(4, nb) for t in range(4)]
     vp = [x.index_select(1, pb) for x in v]
     val = torch.lerp(torch.lerp(vp[0], vp[1], tx), torch.lerp(vp[2], vp[3], tx), ty)
     # Reductions over an axis of 4 are slow on the CPU; elementwise chains over the 4 rows are not.
@@ -146,12 +149,19 @@ def _settle_boundary(
     for t in range(1, 4):
         winner = torch.minimum(winner, torch.where(val[t] == best, cp[t], C))
     m = torch.maximum(torch.maximum(tv[:, 0], tv[:, 1]), torch.maximum(tv[:, 2], tv[:, 3]))
-    m.scatter_(0, cls, float("-inf"))
+    m.scatter_(0, cls.long(), float("-inf"))
     bound = m.amax(0).index_select(0, pb)
-    done = best > bound
-    sel = torch.nonzero(done).squeeze(1)
-    out.view(-1).index_copy_(0, pix.index_select(0, sel), winner.index_select(0, sel))
-    return torch.nonzero(~done).squeeze(1), block_logits
+    rest = torch.nonzero(best <= bound).squeeze(1)
+    out = winner.long()
+    step = max(1, chunk // max(C, 1))
+    for s in range(0, rest.numel(), step):
+        r = rest[s : s + step]
+        b = pb.index_select(0, r)
+        v = [block_logits.index_select(1, b + t * nb) for t in range(4)]
+        rx, ry = tx[:, r], ty[:, r]
+        val = torch.lerp(torch.lerp(v[0], v[1], rx), torch.lerp(v[2], v[3], rx), ry)
+        out.index_copy_(0, r, val.max(0).indices)
+    return out
 
 
 def pixel_major(logits: torch.Tensor) -> torch.Tensor:
@@ -169,16 +179,28 @@ def upsample_labels(
 ) -> torch.Tensor:
     """``(h, w) int64`` argmax labels of ``(C, h', w')`` logits at the canvas ``size = (H, W)`` (h' = H/4,
     or h' = H for maps already at full size), cropped to ``crop``. ``mode``: "bilinear" (resize the logits,
-    then argmax; see :func:`argmax_upsampled`) or "nearest" (argmax, then repeat)."""
+    then argmax; see :func:`argmax_upsampled`) or "nearest" (argmax, then repeat). ``table`` is accepted
+    for compatibility and not needed."""
+    return _upsample_labels(logits, size, mode, crop, where).long()
+
+
+def _upsample_labels(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    mode: str,
+    crop: tuple[int, int] | None = None,
+    where: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`upsample_labels` as ``int32``."""
     H, W = size
     h, w = crop if crop is not None else (H, W)
     if logits.shape[-2:] == (H, W):
-        return logits[:, :h, :w].max(0).indices
+        return logits[:, :h, :w].max(0).indices.to(torch.int32)
     if mode == "bilinear":
-        return argmax_upsampled(logits, (H, W), crop=(h, w), where=where, table=table)
+        return _argmax_upsampled(logits, (H, W), crop=(h, w), where=where)
     rows = (torch.arange(h, device=logits.device) * logits.shape[1]) // H
     cols = (torch.arange(w, device=logits.device) * logits.shape[2]) // W
-    return logits.max(0).indices.index_select(0, rows).index_select(1, cols)
+    return logits.max(0).indices.to(torch.int32).index_select(1, cols).index_select(0, rows)
 
 
 def logits_at(
@@ -222,6 +244,14 @@ def semantic_labels(logits: torch.Tensor, size: tuple[int, int], thing: torch.Te
     where ``thing (N_cl,) bool`` is set (an index into those), by :func:`upsample_labels`."""
     tl = logits[thing] if bool(thing.any()) else logits[:1]
     return upsample_labels(logits, size, mode), upsample_labels(tl, size, mode)
+
+
+def _thing_argmax_at(logits: torch.Tensor, size: tuple[int, int], ys: torch.Tensor, xs: torch.Tensor, mode: str) -> torch.Tensor:
+    """``(n,) int64`` argmax of the (thing) ``logits (T, h', w')`` resized as :func:`upsample_labels`
+    does, at the pixels ``(ys, xs)`` only."""
+    # (Instance pixels labelled stuff lie on class boundaries, so the block shortcut of
+    # _argmax_upsampled rarely applies to them: interpolate directly.) Transposed back to (T, n), contiguous here: max over the first axis is the fast reduction.
+    return logits_at(logits, size, ys, xs, mode).t().max(0).indices
 
 
 def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -299,7 +329,7 @@ def merge_image(
     if semantic.shape[0] != len(tables.category_id):
         raise PrnError(f"semantic output has {semantic.shape[0]} classes, the dataset {len(tables.category_id)}")
     sem = semantic.float()
-    label = upsample_labels(sem, (H, W), cfg.semantic_upsample, crop=(h, w))
+    label = _upsample_labels(sem, (H, W), cfg.semantic_upsample, crop=(h, w))
     heat = center[0, :h, :w].float()
     off = center_offset[:, :h, :w].float()
     if cfg.grouping == "ppgbf":
@@ -313,35 +343,33 @@ def merge_image(
     label_flat = label.reshape(-1)
     K, T = score.numel(), tables.thing_ids.numel()
     n_inst = 0
-    # Everything about instances works on the list of grouped pixels, never on a full-size map.
-    sel = torch.nonzero(k >= 0).squeeze(1)
-    px, pk = flat.index_select(0, sel), k.index_select(0, sel)
-    plabel = label_flat.index_select(0, px)
-    kept_px = px[:0]
+    # Everything about instances works on the list of masked pixels (``flat``, center ``k``, −1 for
+    # none), never on a full-size map.
+    plabel = label_flat.index_select(0, flat)
+    kept_px = flat[:0]
     kept_label = plabel[:0]
-    kept_id = pk[:0]
-    if K and T and px.numel():
+    kept_id = torch.zeros(0, dtype=torch.int32, device=dev)
+    if K and T and flat.numel():
+        k1 = k + 1  # 0: no instance
         # Where the overall argmax is a thing class it is also the argmax over the thing classes; only
         # instance pixels labelled stuff need the thing channels, interpolated at those pixels alone.
         thing_label = tables.thing_index.index_select(0, plabel)
-        need = torch.nonzero(~tables.thing.index_select(0, plabel)).squeeze(1)
+        need = torch.nonzero((k1 > 0) & ~tables.thing.index_select(0, plabel)).squeeze(1)
         if need.numel():
-            p = px.index_select(0, need)
-            vals = logits_at(tables.thing_logits(sem), (H, W), p // w, p % w, cfg.semantic_upsample)
-            # Transposed back to (T, n), contiguous here: max over the first axis is the fast reduction.
-            thing_label.index_copy_(0, need, vals.t().max(0).indices)
-        votes = torch.bincount(pk * T + thing_label, minlength=K * T).reshape(K, T)
+            p = flat.index_select(0, need)
+            thing_label.index_copy_(0, need, _thing_argmax_at(tables.thing_logits(sem), (H, W), p // w, p % w, cfg.semantic_upsample))
+        votes = torch.bincount(k1 * T + thing_label, minlength=(K + 1) * T).reshape(K + 1, T)[1:]
         area = votes.sum(1)
         keep = (area > 0) & (area >= cfg.min_instance_area)
         n_inst = int(keep.sum())
-        # Renumber kept instances 1..n in score order; dropped ones go to 0.
-        renum = torch.zeros(K, dtype=torch.long, device=dev)
-        renum[keep] = torch.arange(1, n_inst + 1, device=dev)
+        # Renumber kept instances 1..n in score order; dropped ones (and "none") go to 0.
+        renum = torch.zeros(K + 1, dtype=torch.int32, device=dev)
+        renum[1:][keep] = torch.arange(1, n_inst + 1, device=dev, dtype=torch.int32)
         inst_cls = tables.thing_ids[votes.argmax(1)][keep]
         inst_score = score[keep]
-        pid = renum.index_select(0, pk)
+        pid = renum.index_select(0, k1)
         on = torch.nonzero(pid).squeeze(1)
-        kept_px, kept_label, kept_id = px.index_select(0, on), plabel.index_select(0, on), pid.index_select(0, on)
+        kept_px, kept_label, kept_id = flat.index_select(0, on), plabel.index_select(0, on), pid.index_select(0, on)
     # Stuff: the semantic argmax where no kept instance is, when it names a stuff class with enough
     # pixels; its area is the class's count over the image less its count under kept instances.
     stuff_area = torch.bincount(label_flat, minlength=n_cl) - torch.bincount(kept_label, minlength=n_cl)
@@ -351,7 +379,7 @@ def merge_image(
     stuff_slot = torch.zeros(n_cl, dtype=torch.int32, device=dev)
     stuff_slot[stuff_classes] = torch.arange(n_inst + 1, n_inst + 1 + stuff_classes.numel(), device=dev, dtype=torch.int32)
     index = _lookup(stuff_slot, label)
-    index.view(-1).index_copy_(0, kept_px, kept_id.to(torch.int32))
+    index.view(-1).index_copy_(0, kept_px, kept_id)
     n_seg = n_inst + stuff_classes.numel()
 
     seg_ids: list[int] = []

@@ -188,12 +188,21 @@ class Decoder(nn.Module):
 
 
 class Head(nn.Sequential):
-    """§3.4 prediction branch: 5×5 (Coord)Conv → norm → ReLU → 1×1 conv to ``out_channels``."""
+    """§3.4 prediction branch: 5×5 (Coord)Conv → norm → ReLU → 1×1 conv to ``out_channels``.
+
+    The 1×1 predictor always runs in float32, also under autocast: bf16 keeps 8 significant bits, i.e. an
+    offset of 300 px would come out to within ±1 px only, and this conv is cheap.
+    """
 
     def __init__(self, in_channels: int, mid: int, out_channels: int, coords: bool, norm: str):
         super().__init__(
             conv_norm_relu(in_channels, mid, 5, norm, coords=coords), nn.Conv2d(mid, out_channels, 1)
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self[0](x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self[1](x.float())
 
 
 class PRN(nn.Module):

@@ -190,12 +190,24 @@ def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk
     out = table[:, 0].contiguous().index_select(0, cell)
     if M == 1:
         return out
-    multi = torch.nonzero(count.index_select(0, cell) > 1).squeeze(1)
+    pc = count.index_select(0, cell)
     # Per-cell candidate coordinates, so each pixel gathers whole rows (index_select) rather than
     # single elements, which is far slower on the CPU.
     inf = torch.full((1,), float("inf"), device=dev, dtype=dt)
     cy = torch.cat([centers[:, 0], inf])[table]
     cx = torch.cat([centers[:, 1], inf])[table]
+    # Most multi-candidate cells have two: compare those two directly (no (n, M) reduction). The
+    # candidates are in index order, so a tie keeps the first, as argmin does.
+    two = torch.nonzero(pc == 2).squeeze(1)
+    cols = [(cy[:, i].contiguous(), cx[:, i].contiguous(), table[:, i].contiguous()) for i in range(2)]
+    step = max(1, chunk_pairs // 2)
+    for s in range(0, two.numel(), step):
+        idx = two[s : s + step]
+        c = cell.index_select(0, idx)
+        py, px = ty.index_select(0, idx), tx.index_select(0, idx)
+        d = [(y.index_select(0, c) - py).square_().add_((x.index_select(0, c) - px).square_()) for y, x, _ in cols]
+        out.index_copy_(0, idx, torch.where(d[1] < d[0], cols[1][2].index_select(0, c), cols[0][2].index_select(0, c)))
+    multi = torch.nonzero(pc > 2).squeeze(1)
     flat_table = table.reshape(-1)
     step = max(1, chunk_pairs // M)
     for s in range(0, multi.numel(), step):

@@ -123,3 +123,24 @@ def test_bad_probabilities_raise_naming_the_image():
     nan[1, 0, 0] = np.nan
     with pytest.raises(BaseNetworkError, match="image im9: probabilities contain NaN"):
         encode_base(BasePrediction(pan, segs, nan, "im9"), (8, 8), 4, PARAMS)
+
+
+def test_resize_probs_enlarging_matches_torch_bilinear():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    p = rng.random((5, 7, 9)).astype(np.float32)
+    p /= p.sum(axis=0, keepdims=True)
+    ref = F.interpolate(torch.from_numpy(p)[None], size=(13, 20), mode="bilinear", align_corners=False)[0].numpy()
+    ref /= ref.sum(axis=0, keepdims=True)
+    got = resize_probs(p, (13, 20))
+    assert got.dtype == np.float32 and got.shape == (5, 13, 20)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    np.testing.assert_allclose(got.sum(axis=0), 1.0, atol=1e-5)
+    # a zero-mass pixel becomes uniform; negative values clip at 0 before the sum
+    q = np.zeros((4, 2, 2), np.float32)
+    q[0, 0, 0], q[1, 0, 0], q[2, 1, 1] = 3.0, -1.0, 2.0
+    out = resize_probs(q, (2, 2))
+    assert out[:, 0, 0].tolist() == [1.0, 0.0, 0.0, 0.0] and out[:, 1, 1].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert out[:, 0, 1].tolist() == [0.25] * 4

@@ -176,3 +176,70 @@ def test_ideal_outputs_give_back_the_coco_ground_truth(coco_sample, tmp_path):
     r = pq_from_arrays(items, store.categories)
     assert r["All"]["pq"] >= 0.99
     assert r["All"]["n"] == 8 and r["Stuff"]["pq"] == 1.0 and r["All"]["sq"] == 1.0
+
+
+def test_bilinear_labels_with_crops_odd_ratios_and_near_ties():
+    torch.manual_seed(3)
+    cases = [(6, (7, 9), (30, 41), None), (133, (10, 12), (40, 48), (37, 45)), (4, (5, 5), (5, 5), None), (3, (8, 6), (20, 24), (20, 13))]
+    for C, (h, w), (H, W), crop in cases:
+        logits = torch.randn(C, h, w)
+        # Near ties between two classes everywhere: the per-block bound rarely decides, so the full
+        # interpolation runs too.
+        logits[1] = logits[0] + 1e-3 * torch.randn(h, w)
+        ref = F.interpolate(logits[None], size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0)
+        if crop is not None:
+            ref = ref[: crop[0], : crop[1]]
+        got = argmax_upsampled(logits, (H, W), chunk=257, crop=crop)
+        assert got.dtype == torch.int64 and torch.equal(got, ref)
+
+
+def test_bilinear_labels_where_keeps_the_top_left_source_label_elsewhere():
+    torch.manual_seed(4)
+    logits = torch.randn(5, 4, 5) * 2
+    low = logits.argmax(0)
+    full = F.interpolate(logits[None], size=(16, 20), mode="bilinear", align_corners=False)[0].argmax(0)
+    # Output pixel Y reads source rows floor((Y + 0.5) / 4 - 0.5) (clamped at 0): 0,0,0,0,0,0,1,1,1,1,2,...
+    rows = torch.tensor([0] * 6 + [1] * 4 + [2] * 4 + [3] * 2)
+    cols = torch.tensor([0] * 6 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 2)
+    top_left = low[rows][:, cols]
+    where = torch.zeros(16, 20, dtype=torch.bool)
+    where[:, 10:] = True
+    got = argmax_upsampled(logits, (16, 20), where=where)
+    assert torch.equal(got[:, 10:], full[:, 10:])
+    assert torch.equal(got[:, :10], top_left[:, :10])
+
+
+def test_thing_channels_as_a_view_or_a_copy():
+    x = torch.arange(4 * 3, dtype=torch.float32).reshape(4, 3)
+    run = CategoryTables(CATS)  # things are train ids 0, 1: a slice
+    assert run.thing_run == (0, 2) and torch.equal(run.thing_logits(x), x[:2])
+    mixed = CategoryTables(CategorySet([Category(1, "a", True, 0), Category(2, "b", False, 1), Category(3, "c", True, 2), Category(4, "d", False, 3)]))
+    assert mixed.thing_run is None and torch.equal(mixed.thing_logits(x), x[[0, 2]])
+
+
+def test_majority_vote_with_interleaved_thing_ids():
+    # The scene of test_majority_vote_ids_and_stuff with the classes reordered so the things are not one
+    # run of train ids (person 0, road 1, car 2, sky 3): same segments, same votes.
+    cats = CategorySet([Category(1, "person", True, 0), Category(7, "road", False, 1), Category(3, "car", True, 2), Category(9, "sky", False, 3)])
+    sem, center, off, box, fg = scene()
+    sem = sem[[0, 2, 1, 3]].clone()
+    sem[0, 2:4, 2:8] = 3.0
+    sem[2, 4:8, 2:8] = 3.0
+    sem[0, 8:14, 12:20] = 3.0
+    # X's top rows: sky leads overall, car leads among the things → still car.
+    sem[0, 2, 2:8] = 0.0
+    sem[2, 2, 2:8] = 0.5
+    pan, segs = merge_image(sem, center, off, box, fg, CategoryTables(cats), PostProcessConfig(stuff_area=0, nms_kernel=3))
+    assert [(s.id, s.category_id, s.area) for s in segs if s.isthing] == [(1001, 1, 48), (3001, 3, 36)]
+    assert (pan[2, 2:8] == 3001).all()
+
+
+def test_no_centers_gives_stuff_only():
+    sem, center, off, box, fg = scene()
+    center.zero_()  # no peak above θ: every foreground pixel stays unassigned, stuff takes the image
+    for grouping in ("ppgbf", "panoptic_deeplab"):
+        pan, segs = merge_image(sem, center, off, box, fg, CategoryTables(CATS), PostProcessConfig(stuff_area=0, grouping=grouping))
+        exp = np.full((16, 24), 9000)
+        exp[12:] = 7000
+        np.testing.assert_array_equal(pan, exp)
+        assert [(s.id, s.area, s.bbox) for s in segs] == [(7000, 96, (0, 12, 24, 4)), (9000, 288, (0, 0, 24, 12))]

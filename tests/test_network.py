@@ -284,8 +284,10 @@ def test_bf16_autocast_matches_eager_fp32():
     model, x, ref = _reference()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(*x)
-    # bf16 keeps 8 significant bits (≈0.4% per rounding); through ~20 layers errors stay within a few %.
-    assert _max_rel_err(out, ref) < 0.05
+    # bf16 keeps 8 significant bits (≈0.4% per rounding); through ~20 layers the worst output is off by
+    # 3.5% of its range here (measured); 8% leaves room for CPUs whose oneDNN kernels round differently.
+    assert _max_rel_err(out, ref) < 0.08
+    assert all(v.dtype == torch.float32 for v in out.values())  # predictors run in fp32 (pixel offsets)
 
 
 @pytest.mark.slow

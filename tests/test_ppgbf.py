@@ -12,10 +12,12 @@ from prn_data.records import Category, CategorySet
 from prn_model.merge import merge_image, CategoryTables
 from prn_model.ppgbf import (
     PostProcessConfig,
+    _max_filter,
     _max_filter_rows,
     _nearest_dense,
     boxes_from_offsets,
     find_centers,
+    group_foreground,
     group_pixels,
     nearest_center,
 )
@@ -169,3 +171,51 @@ def test_chunking_does_not_change_the_result():
     d[~elig] = float("inf")
     ref = torch.where(elig.any(1), d.argmin(1), torch.full((n,), -1))
     assert torch.equal(a, ref)
+
+
+def test_separable_max_filter_equals_max_pool_on_both_axes():
+    torch.manual_seed(2)
+    x = torch.rand(23, 41)
+    x[5, :] = 2.0  # a ridge, so ties between window positions occur
+    for k in (1, 3, 5, 7, 9, 11):
+        r = k // 2
+        ref = F.max_pool2d(x[None, None], k, stride=1, padding=r)[0, 0]
+        assert torch.equal(_max_filter(_max_filter(x, r, 1), r, 0), ref)
+        # one axis alone: a k×1 / 1×k window
+        assert torch.equal(_max_filter(x, r, 0), F.max_pool2d(x[None, None], (k, 1), stride=1, padding=(r, 0))[0, 0])
+
+
+def test_nearest_center_two_candidate_cells_and_ties():
+    # Twelve centers (more than 8, so the cell grid is used): two close ones at (100, 100) and (100, 110),
+    # the rest far away. Targets between the pair sit in cells where both are candidates.
+    far = [[0.0, 0.0], [0.0, 300.0], [300.0, 0.0], [300.0, 300.0], [0.0, 150.0], [150.0, 0.0],
+           [300.0, 150.0], [150.0, 300.0], [40.0, 260.0], [260.0, 40.0]]
+    centers = torch.tensor([[100.0, 100.0], [100.0, 110.0]] + far)
+    target = torch.tensor([[100.0, 105.0], [100.0, 104.9], [100.0, 105.1], [103.0, 108.0], [98.0, 101.0], [300.0, 299.0]])
+    # (100, 105) is equidistant (25 = 25): the first index wins; 104.9 is nearer 0, 105.1 nearer 1;
+    # (103, 108): 9 + 64 = 73 against 9 + 4 = 13 → 1; (98, 101): 4 + 1 against 4 + 81 → 0; last → (300, 300).
+    assert nearest_center(target, centers).tolist() == [0, 0, 1, 1, 0, 5]
+    assert torch.equal(nearest_center(target, centers), _nearest_dense(target, centers))
+
+
+def test_group_foreground_lists_the_mask_pixels_and_their_centers():
+    # Two 3×3 objects on a 10×12 map with exact offsets; one masked pixel whose box disagrees with both
+    # centers' boxes is left unassigned (−1).
+    H, W = 10, 12
+    center = torch.zeros(H, W)
+    center[2, 2], center[6, 8] = 0.9, 0.7
+    off = torch.zeros(2, H, W)
+    box = torch.zeros(4, H, W)
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    for cy, cx in ((2, 2), (6, 8)):
+        for y in range(cy - 1, cy + 2):
+            for x in range(cx - 1, cx + 2):
+                off[:, y, x] = torch.tensor([cy - y, cx - x], dtype=torch.float32)
+                box[:, y, x] = torch.tensor([y - cy + 1, cy + 1 - y, x - cx + 1, cx + 1 - x], dtype=torch.float32)
+                mask[y, x] = True
+    mask[9, 0] = True  # its box is 1×1 at (9, 0), IoU with a 3×3 box is at most 1/9
+    flat, k, yx, score = group_foreground(center, off, box, mask, PostProcessConfig(nms_kernel=3))
+    assert yx.tolist() == [[2, 2], [6, 8]]
+    assert flat.tolist() == torch.nonzero(mask.reshape(-1)).squeeze(1).tolist()
+    expected = [0] * 9 + [1] * 9 + [-1]
+    assert k.tolist() == expected

@@ -20,3 +20,26 @@ def test_nearest_exact_indices_match_integer_formula():
     lab = np.arange(20).reshape(4, 5)
     out = resize_labels(lab, (2, 2))
     assert out.tolist() == [[lab[1, 1], lab[1, 3]], [lab[3, 1], lab[3, 3]]]
+
+
+def test_resize_image_enlarging_is_bilinear_and_shrinking_antialiased():
+    from PIL import Image
+
+    from prn_data.resize import resize_image
+
+    # a horizontal ramp 0, 40, 80, 120 doubled in width: half-pixel centres put output x at source
+    # (x + 0.5) / 2 - 0.5, i.e. -0.25 (clamped → 0), 0.25 → 10, 0.75 → 30, 1.25 → 50, … last clamps to 120
+    ramp = np.repeat(np.repeat(np.array([[0, 40, 80, 120]], np.uint8), 2, axis=0)[..., None], 3, axis=2)
+    up = resize_image(ramp, (2, 8))
+    assert up[0, :, 0].tolist() == [0, 10, 30, 50, 70, 90, 110, 120]
+    # a real photo enlarged (OpenCV) stays within 1 grey level of PIL's bilinear
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(img).resize((50, 37), Image.BILINEAR)).astype(int)
+    assert np.abs(resize_image(img, (37, 50)).astype(int) - pil).max() <= 1
+    # shrinking averages (antialiasing): a 1-px checkerboard halved becomes flat grey, not a copy of one phase
+    board = ((np.indices((8, 8)).sum(0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, axis=2)
+    small = resize_image(board, (4, 4))
+    np.testing.assert_array_equal(small, np.asarray(Image.fromarray(board).resize((4, 4), Image.BILINEAR)))
+    # interior pixels average to 128; corner pixels see a truncated filter (125 / 130), never 0 or 255
+    assert (small[1:3, 1:3] == 128).all() and np.abs(small.astype(int) - 128).max() <= 3

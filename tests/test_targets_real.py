@@ -15,7 +15,7 @@ from PIL import Image
 from prn_data.datasets import open_dataset
 from prn_data.panoptic_io import read_rgb_ids
 from prn_data.records import Sample
-from prn_data.resize import ResizePolicy, resize_sample
+from prn_data.resize import ResizePolicy, resize_labels, resize_sample
 from prn_data.targets import TargetParams, compute_targets, encode_instances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +78,6 @@ def test_coco_sample_matches_per_segment_reference(coco, coco_sample, index, res
     things = {c["id"] for c in doc["categories"] if c["isthing"]}
     raw = read_rgb_ids(coco_sample / "annotations" / "panoptic_val2017" / ann["file_name"])
     if resized:
-        from prn_data.resize import resize_labels
-
         raw = resize_labels(raw, sample.size)
     thing_ids = [s["id"] for s in ann["segments_info"] if s["category_id"] in things]
     crowd_ids = [s["id"] for s in ann["segments_info"] if s["iscrowd"]]

@@ -33,28 +33,45 @@ def resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``(C, h', w')`` probabilities to ``(C, *size)`` (half-pixel centres, antialiased
     when shrinking, as PIL does), then clipped at 0 and renormalised over C; a pixel whose mass is 0
     becomes uniform. Returns float32."""
-    import torch
-    import torch.nn.functional as F
-
     probs = np.asarray(probs, dtype=np.float32)
     if probs.shape[1:] != tuple(size):
-        # torch's CPU kernel is ~2× faster than a separable NumPy gather on 133-class maps.
         shrink = size[0] < probs.shape[1] or size[1] < probs.shape[2]
+        if not shrink:
+            # Enlarging needs no antialiasing: OpenCV's float bilinear (the same half-pixel formula as
+            # torch's, within 2e-5) per class plane is ~1.6× faster than torch's 133-channel kernel.
+            import cv2
+
+            src = np.ascontiguousarray(probs)
+            out = np.empty((src.shape[0],) + tuple(size), dtype=np.float32)
+            for c in range(src.shape[0]):
+                cv2.resize(src[c], (size[1], size[0]), dst=out[c], interpolation=cv2.INTER_LINEAR)
+            return normalise_probs(out, inplace=True)
+        import torch
+        import torch.nn.functional as F
+
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(probs))[None]
             probs = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False,
-                                  antialias=shrink)[0].numpy()
+                                  antialias=True)[0].numpy()
+        return normalise_probs(probs, inplace=True)
     return normalise_probs(probs)
 
 
-def normalise_probs(probs: np.ndarray) -> np.ndarray:
-    """Clip ``(C, h, w)`` at 0 and divide by the class sum; zero-mass pixels become uniform. float32."""
-    probs = np.maximum(probs, 0.0, dtype=np.float32)
+def normalise_probs(probs: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Clip ``(C, h, w)`` at 0 and divide by the class sum; zero-mass pixels become uniform. float32.
+    ``inplace`` reuses ``probs`` (float32, writable) instead of a copy."""
+    probs = np.asarray(probs, dtype=np.float32)
+    if not inplace or not probs.flags.writeable:
+        probs = probs.copy()
+    np.maximum(probs, 0.0, out=probs)
     total = probs.sum(axis=0, keepdims=True)
     empty = total <= 0
-    probs /= np.where(empty, 1.0, total)
     if empty.any():
+        total[empty] = 1.0
+        np.divide(probs, total, out=probs)
         probs[:, empty[0]] = 1.0 / probs.shape[0]
+    else:
+        np.divide(probs, total, out=probs)
     return probs
 
 
