@@ -2,9 +2,9 @@
 memory, for ResNet-50 and a small depth, eager against ``torch.compile``, on the device present.
 
 Everything runs in this one process; each compiled figure is printed as a ratio against the eager figure of
-the same depth measured just before it. On CUDA, peak memory is ``torch.cuda.max_memory_allocated``; on the
-CPU it is the process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each
-measurement), which includes the Python process and torch itself. On a GPU, ``--bf16-batch 16`` adds
+the same depth, measured with eager and compiled steps alternating. On CUDA, peak memory is
+``torch.cuda.max_memory_allocated``; on the CPU it is the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs before each step), which includes the Python process and torch itself. On a GPU, ``--bf16-batch 16`` adds
 samples/s at batch 16 under bf16 autocast. Not run by CI.
 
     .venv/bin/python benchmarks/model.py                       # cuda if present, else cpu
@@ -14,6 +14,7 @@ samples/s at batch 16 under bf16 autocast. Not run by CI.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -78,23 +79,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(step, device: torch.device, warmup: int, iters: int) -> tuple[float, float, float]:
-    """(first-call seconds, mean seconds per later call, peak MiB) of ``step()``."""
-    reset_peak(device)
-    t0 = time.perf_counter()
-    step()
-    sync(device)
-    first = time.perf_counter() - t0
-    for _ in range(max(0, warmup - 1)):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync(device)
-    return first, (time.perf_counter() - t0) / iters, read_peak(device)
-
-
 def train_step(model, x, batch, opt, amp: torch.dtype | None, device: torch.device):
     def step() -> None:
         ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
@@ -108,20 +92,31 @@ def train_step(model, x, batch, opt, amp: torch.dtype | None, device: torch.devi
     return step
 
 
+def timed(step, device: torch.device) -> tuple[float, float]:
+    """(seconds, peak MiB) of one ``step()``."""
+    reset_peak(device)
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - t0, read_peak(device)
+
+
 def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     h, w = args.size
     print(f"device {name}; torch {torch.__version__}; input {h}×{w}, {NUM_CLASSES} classes, fp32 unless stated")
+    print(f"median of {args.iters} interleaved steps per mode (eager and compiled alternate, so a drifting "
+          "machine load hits both alike)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    configs = [("eager", None, args.batch)]
+    modes = [("eager", None, args.batch)]
     if args.compile:
-        configs.append(("compiled", None, args.batch))
+        modes.append(("compiled", None, args.batch))
     if device.type == "cuda" and args.bf16_batch:
-        configs += [("eager bf16", torch.bfloat16, args.bf16_batch)]
+        modes.append(("eager bf16", torch.bfloat16, args.bf16_batch))
         if args.compile:
-            configs.append(("compiled bf16", torch.bfloat16, args.bf16_batch))
+            modes.append(("compiled bf16", torch.bfloat16, args.bf16_batch))
     for depth in args.depths:
         torch.manual_seed(0)
         model = PRN(PRNConfig(num_classes=NUM_CLASSES, depth=depth)).to(device)
@@ -129,21 +124,32 @@ def run(args: argparse.Namespace) -> None:
             model = model.to(memory_format=torch.channels_last)
         print(f"\nResNet-{depth}: {count_parameters(model):,} parameters")
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        baseline: dict[int, float] = {}
-        for label, amp, b in configs:
+        compiled = torch.compile(model) if args.compile else None
+        steps, first, times, peaks = {}, {}, {}, {}
+        for label, amp, b in modes:
             x, batch = make_batch(b, h, w, device)
-            net = torch.compile(model) if label.startswith("compiled") else model
-            first, sec, peak = measure(train_step(net, x, batch, opt, amp, device), device, args.warmup, args.iters)
+            steps[label] = train_step(compiled if label.startswith("compiled") else model, x, batch, opt, amp, device)
+            first[label], _ = timed(steps[label], device)  # compiles the compiled modes
+            for _ in range(max(0, args.warmup - 1)):
+                timed(steps[label], device)
+            times[label], peaks[label] = [], 0.0
+        for _ in range(args.iters):
+            for label in steps:
+                sec, peak = timed(steps[label], device)
+                times[label].append(sec)
+                peaks[label] = max(peaks[label], peak)
+        base: dict[str, float] = {}
+        for label, amp, b in modes:
+            sec = statistics.median(times[label])
             ms = 1e3 * sec / b
-            key = b if amp is None else -b
-            ratio = baseline.setdefault(key, ms) / ms
+            ratio = base.setdefault(label.replace("compiled", "eager"), ms) / ms
             print(
                 f"  {label:<14} batch {b:>2}: fwd+bwd+step {ms:9.1f} ms/sample, {b / sec:7.2f} samples/s, "
-                f"peak {peak:8.0f} MiB, first call {first:6.1f} s, speed-up vs eager {ratio:4.2f}×"
+                f"peak {peaks[label]:8.0f} MiB, first call {first[label]:6.1f} s, speed-up vs eager {ratio:4.2f}×"
             )
-            del x, batch, net
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del steps, compiled
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def main() -> None:

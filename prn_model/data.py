@@ -291,6 +291,13 @@ def decode_batch(batch: dict[str, torch.Tensor], spec: dict[str, tuple[str, list
     out = {k: v for k, v in batch.items() if k != "codes"}
     for key, (kind, values) in spec.items():
         t = batch[key]
+        if t.device.type == "cpu":  # one NumPy pass per sample: no int64 index or float temporaries
+            dst = torch.empty(t.shape, dtype=torch.float32)
+            d, src = dst.numpy(), t.numpy()
+            for i in range(t.shape[0]):
+                _decode_into(key, src[i], spec, d[i])
+            out[key] = dst
+            continue
         v = torch.tensor(values, dtype=torch.float32, device=t.device)
         if kind == "scale":
             shape = (1, -1, 1, 1) if (t.dim() == 4 and len(values) > 1) else (1,) * t.dim()
@@ -442,9 +449,8 @@ def collate(samples: list[dict], spec: dict | None = None) -> dict[str, torch.Te
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor: allocated directly in shared memory in a worker (torch's own collate does
-    the same; ``share_memory_()`` would copy), else from NumPy's heap, whose freed pages are reused —
-    ``torch.empty`` maps fresh pages for every large batch, and first-touching 50 MB costs ~20 ms here."""
+    """An uninitialised tensor; in a DataLoader worker allocated directly in shared memory, as torch's own
+    collate does (``share_memory_()`` on a fresh tensor would copy it)."""
     if shared:
         n = int(np.prod(shape, dtype=np.int64))
         storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())

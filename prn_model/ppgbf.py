@@ -232,11 +232,12 @@ def _gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
 
 def _pair_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
     """Row-wise version of :func:`_gate` on coordinate-major boxes: ``pbox (4, n)`` against ``cbox (4,
-    n)`` → ``(n,)`` bool (one contiguous vector per coordinate keeps every step a streaming pass)."""
-    ih = (torch.minimum(pbox[1], cbox[1]) - torch.maximum(pbox[0], cbox[0])).clamp_(min=0)
-    iw = (torch.minimum(pbox[3], cbox[3]) - torch.maximum(pbox[2], cbox[2])).clamp_(min=0)
-    ap = (pbox[1] - pbox[0]) * (pbox[3] - pbox[2])
-    ac = (cbox[1] - cbox[0]) * (cbox[3] - cbox[2])
+    n)`` → ``(n,)`` bool (one contiguous vector per coordinate keeps every step a streaming pass).
+    ``cbox`` may carry the center boxes' areas as a fifth row (computed once per center, same value)."""
+    ih = torch.minimum(pbox[1], cbox[1]).sub_(torch.maximum(pbox[0], cbox[0])).clamp_(min=0)
+    iw = torch.minimum(pbox[3], cbox[3]).sub_(torch.maximum(pbox[2], cbox[2])).clamp_(min=0)
+    ap = (pbox[1] - pbox[0]).mul_(pbox[3] - pbox[2])
+    ac = cbox[4] if cbox.shape[0] > 4 else (cbox[1] - cbox[0]) * (cbox[3] - cbox[2])
     return ih.mul_(iw).mul_(1 + iou) > ap.add_(ac).mul_(iou)
 
 
@@ -278,7 +279,8 @@ def _group_yx(
     out = _nearest_yx(ty, tx, centers, chunk_pairs)
     if pbox is None:
         return out
-    ok = _pair_gate(pbox, cbox.t().contiguous().index_select(1, out), iou)
+    area = (cbox[:, 1] - cbox[:, 0]) * (cbox[:, 3] - cbox[:, 2])
+    ok = _pair_gate(pbox, torch.cat([cbox.t(), area[None]]).index_select(1, out), iou)
     redo = torch.nonzero(~ok).squeeze(1)
     out.index_fill_(0, redo, -1)
     step = max(1, chunk_pairs // K)

@@ -43,3 +43,27 @@ def test_resize_image_enlarging_is_bilinear_and_shrinking_antialiased():
     np.testing.assert_array_equal(small, np.asarray(Image.fromarray(board).resize((4, 4), Image.BILINEAR)))
     # interior pixels average to 128; corner pixels see a truncated filter (125 / 130), never 0 or 255
     assert (small[1:3, 1:3] == 128).all() and np.abs(small.astype(int) - 128).max() <= 3
+
+
+def test_refresh_segments_fast_equals_refresh_segments():
+    from prn_data.datasets import open_dataset
+    from prn_data.panoptic_io import refresh_segments
+    from prn_data.records import Segment
+    from prn_data.resize import ResizePolicy, refresh_segments_fast
+
+    ds = open_dataset("coco:prn_data/samples/coco", "val2017")
+    dropped = 0
+    for i in range(len(ds)):
+        s = ds.load(i)
+        for policy in (ResizePolicy(), ResizePolicy(short=12, max_long=16)):
+            pan = resize_labels(s.panoptic, policy.output_size(*s.panoptic.shape))
+            want = refresh_segments(pan, s.segments)
+            assert refresh_segments_fast(pan, s.segments) == want
+            dropped += len(s.segments) - len(want)
+    assert dropped > 0  # small segments vanish at 12 px and are dropped by both
+    # by hand: VOID, a stuff id 0, a thing; a vanished segment is dropped, order kept
+    pan = np.array([[-1, 0, 0], [2001, 2001, -1], [2001, 0, 0]], np.int32)
+    segs = [Segment(2001, 2, 1, True, score=0.5), Segment(5001, 5, 2, True), Segment(0, 0, 0, False)]
+    got = refresh_segments_fast(pan, segs)
+    assert [(g.id, g.area, tuple(g.bbox), g.score) for g in got] == [(2001, 3, (0, 1, 2, 2), 0.5), (0, 4, (1, 0, 2, 3), None)]
+    assert got == refresh_segments(pan, segs)

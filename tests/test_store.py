@@ -343,3 +343,92 @@ def test_open_over_http_read_only(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def _counting(store):
+    """Wrap a read-only store's zarr store so every ``get`` is recorded as ``(key, bytes returned)``."""
+    calls = []
+    inner = store.zstore
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        async def get(self, key, prototype, byte_range=None):
+            buf = await inner.get(key, prototype=prototype, byte_range=byte_range)
+            calls.append((key, 0 if buf is None else len(buf.to_bytes())))
+            return buf
+
+    store.zstore = Counting()
+    return calls
+
+
+def test_direct_chunk_reads_equal_zarr_and_read_only_what_a_sample_needs(tmp_path):
+    st = _new(tmp_path, n=5, shard=4)
+    _write(st, [0, 1, 2, 3], SIZES, 0)
+    _write(st, [4], SIZES, 1)
+    st.consolidate()
+    ro = open_store(tmp_path / "s.zarr")
+    assert all(ro._is_direct(p) for p in ro.map_paths)  # the zstd layout the build writes
+    for i in range(5):
+        codes = ro.read_codes(i, ro.map_paths)
+        for p in ro.map_paths:
+            want = ro.array(p)[i]  # zarr's own codec pipeline
+            assert codes[p].dtype == want.dtype and codes[p].shape == want.shape, p
+            np.testing.assert_array_equal(codes[p], want, err_msg=p)
+    # decoding in place into a caller's buffer (a batch row)
+    buf = np.zeros((2,) + ro.defs["gt/box_offset"].shape, np.int16)
+    got = ro.read_codes(3, ["gt/box_offset"], out={"gt/box_offset": buf[1]})
+    assert np.shares_memory(got["gt/box_offset"], buf) and (buf[0] == 0).all()
+    np.testing.assert_array_equal(buf[1], ro.array("gt/box_offset")[3])
+
+    # One sample = one index read per array (then cached) + one chunk read per array; never a whole shard.
+    ro = open_store(tmp_path / "s.zarr")
+    calls = _counting(ro)
+    ro.read_codes(1, ["base/instance", "gt/center"])
+    shard_bytes = (tmp_path / "s.zarr" / "base" / "instance" / "c" / "0" / "0" / "0" / "0").stat().st_size
+    index_bytes = 16 * 4 + 4
+    assert len(calls) == 4 and sorted(n for _, n in calls)[:2] == [index_bytes, index_bytes]
+    chunk = max(n for k, n in calls if k.startswith("base/instance"))
+    assert chunk == len(ro.chunk_bytes("base/instance", 1)) < shard_bytes - index_bytes
+    calls.clear()
+    ro.read_codes(2, ["base/instance", "gt/center"])  # same shard: indices cached
+    assert len(calls) == 2 and all(n > index_bytes for _, n in calls)
+    calls.clear()
+    b = ro.read_batch([2, 0], arrays=["gt/center"])
+    assert len(calls) == 2  # two chunks, no shard re-read
+    np.testing.assert_array_equal(b["gt/center"][0], ro.read_sample(2, crop=False)["gt/center"])
+
+
+def test_a_damaged_chunk_is_a_store_error(tmp_path):
+    st = _new(tmp_path, n=2, shard=2)
+    _write(st, [0, 1], SIZES, 0)
+    ro = open_store(tmp_path / "s.zarr")
+    key = "gt/center/c/0/0/0/0"
+    from numcodecs import Zstd
+    from zarr.core.buffer import default_buffer_prototype
+
+    from prn_data.store import _assemble_shard, _parse_shard
+
+    path = tmp_path / "s.zarr" / key
+    chunks = _parse_shard(default_buffer_prototype().buffer.from_bytes(path.read_bytes()), 2, key)
+    short = Zstd(level=1).encode(np.zeros(10, np.uint16))  # valid zstd, wrong length
+    path.write_bytes(_assemble_shard([chunks[0], short], 3))
+    ro.read_sample(0)
+    with pytest.raises(StoreError, match=r"gt/center/c/0/0/0/0: chunk decodes to 20 bytes, expected 3072"):
+        ro.read_sample(1)
+
+
+def test_decode_is_one_pass_and_matches_the_two_step_formula():
+    from prn_data.store import decode, schema
+
+    d = {x.path: x for x in schema((8, 8), 3, True)}
+    q = np.array([[[-32752, -1, 0, 1, 16, 32752]]], dtype=np.int16).repeat(7, 0)
+    got = decode(d["base/instance"], q)
+    want = q.astype(np.float32) * np.array([1 / 1024] + [1 / 16] * 6, np.float32)[:, None, None]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert got[1, 0].tolist() == [-2047.0, -0.0625, 0.0, 0.0625, 1.0, 2047.0]
+    assert got[0, 0, -1] == np.float32(32752 / 1024)
+    out = np.empty((8, 8), np.float32)
+    lut = decode(d["gt/semantic_weight"], np.array([[0, 1, 2]] * 8, np.uint8)[:, [0, 1, 2, 0, 1, 2, 0, 1]], out=out)
+    assert lut is out and out[0].tolist() == [0.0, 1.0, 3.0, 0.0, 1.0, 3.0, 0.0, 1.0]
