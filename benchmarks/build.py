@@ -132,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--copies", type=int, default=48)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--baseline", type=int, default=6, help="samples in the serial baseline")
+    ap.add_argument("--baseline", type=int, default=12, help="samples in the serial baseline (CPU per stage)")
     ap.add_argument("--skip-codecs", action="store_true")
     args = ap.parse_args()
 

@@ -187,7 +187,7 @@ def main() -> None:
               f"→ {1000 / st_med:.0f} samples/s per worker")
         print(f"  store, decode: device        {dv_med:7.1f} | {dv_min:7.1f}   ratio ×{fly_med / dv_med:.1f} "
               f"→ {1000 / dv_med:.0f} samples/s per worker")
-        print(f"    + decoding those codes on the trainer's CPU: {dec:.1f} ms per sample (torch, 1 thread) → "
+        print(f"    + decoding those codes on the trainer's CPU: {dec:.1f} ms per sample (1 thread) → "
               f"×{fly_med / (dv_med + dec):.1f} even when the trainer has no GPU")
 
         # 2. wall clock with DataLoader workers (noisy on a shared machine)

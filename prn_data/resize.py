@@ -68,7 +68,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
     if h >= image.shape[0] and w >= image.shape[1] and image.ndim == 3 and image.dtype == np.uint8:
-        import cv2
+        import cv2  # opencv-python-headless, a dependency
 
         return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))

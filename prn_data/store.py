@@ -688,22 +688,22 @@ def encode_maps(defs: Iterable[ArrayDef], sample: Mapping[str, Any]) -> dict[str
     sample's size. Raises :class:`StoreError` for a value the encoding cannot hold (an offset beyond the
     int range, a weight not in the lut).
     """
-    out: dict[str, np.ndarray] = {}
-    for d in defs:
-        if not d.sharded:
-            continue
-        v = np.asarray(sample[d.path])
-        if d.path == "image":
-            v = v.transpose(2, 0, 1)
-        if v.shape[:-2] != d.shape[:-2] or v.shape[-2] > d.shape[-2] or v.shape[-1] > d.shape[-1]:
-            raise StoreError(f"{d.path}: shape {v.shape} does not fit the store's {d.shape}")
-        h, w = v.shape[-2:]
-        canvas = np.empty(d.shape, dtype=d.dtype)
-        canvas[..., h:, :] = d.fill  # only the padding is filled: the valid region is written once, below
-        canvas[..., :h, w:] = d.fill
-        _quantise(d, v, canvas[..., :h, :w])
-        out[d.path] = canvas
-    return out
+    return {d.path: _encode_map(d, sample[d.path]) for d in defs if d.sharded}
+
+
+def _encode_map(d: ArrayDef, v: Any) -> np.ndarray:
+    """One map quantised and padded onto the canvas in its stored dtype (see :func:`encode_maps`)."""
+    v = np.asarray(v)
+    if d.path == "image":
+        v = v.transpose(2, 0, 1)
+    if v.shape[:-2] != d.shape[:-2] or v.shape[-2] > d.shape[-2] or v.shape[-1] > d.shape[-1]:
+        raise StoreError(f"{d.path}: shape {v.shape} does not fit the store's {d.shape}")
+    h, w = v.shape[-2:]
+    canvas = np.empty(d.shape, dtype=d.dtype)
+    canvas[..., h:, :] = d.fill  # only the padding is filled: the valid region is written once, below
+    canvas[..., :h, w:] = d.fill
+    _quantise(d, v, canvas[..., :h, :w])
+    return canvas
 
 
 def _quantise(d: ArrayDef, v: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -856,7 +856,9 @@ def encode_sample(defs: Sequence[ArrayDef], maps: Mapping[str, Any], meta: Mappi
     """Encode one sample: ``(chunks, meta)`` where ``chunks`` are the compressed map chunks by path and
     ``meta`` the small arrays' values plus ``checksum`` (:func:`checksum` of exactly what is written)."""
     enc = chunk_encoder(defs)
-    chunks = {path: enc.encode(path, v) for path, v in encode_maps(defs, maps).items()}
+    # One map at a time (quantise, compress, drop): the next canvas reuses the freed memory instead of
+    # first-touching ~25 MB of fresh pages per sample (~10 ms here).
+    chunks = {d.path: enc.encode(d.path, _encode_map(d, maps[d.path])) for d in defs if d.sharded}
     meta = dict(meta)
     meta["checksum"] = checksum(defs, chunks | meta)
     return chunks, meta
