@@ -6,9 +6,9 @@ box gate and the fallback search do real work. Timed on the same tensors:
 
 - ``ppgbf+merge``: :func:`prn_model.merge.postprocess` (what ``prn evaluate`` runs);
 - ``pdl+merge``: the same with ``grouping="panoptic_deeplab"``;
-- ``baseline ...``: the same two with the implementation before the speed-up, frozen in
-  ``benchmarks/postprocess_baseline`` (every configuration's output is asserted identical to it: panoptic
-  map and segments);
+- ``baseline ...``: the same two with the implementation before the speed-up, read from git history
+  (``--baseline-rev``, default commit cf89146) into a temporary package, so no copy of old code lives in the
+  tree (every configuration's output is asserted identical to it: panoptic map and segments);
 - ``pdl-reference grouping``: grouping as Panoptic-DeepLab's reference code does it, one ``K × HW``
   distance tensor over all pixels followed by an argmin (grouping only, no merge).
 
@@ -25,6 +25,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+BASELINE_REV = "cf89146"  # prn_model.ppgbf / merge before the speed-up
+
+
+def load_baseline(rev: str):
+    """``postprocess`` of ``prn_model/{ppgbf,merge}.py`` at git revision ``rev``, imported from a temporary
+    package ``postprocess_baseline``."""
+    import subprocess
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    pkg = Path(tempfile.mkdtemp()) / "postprocess_baseline"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("ppgbf", "merge"):
+        src = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:prn_model/{name}.py"],
+                             check=True, capture_output=True, text=True).stdout
+        (pkg / f"{name}.py").write_text(src)
+    sys.path.insert(0, str(pkg.parent))
+    from postprocess_baseline.merge import postprocess
+
+    return postprocess
 
 
 def synthetic_outputs(h: int, w: int, n: int, num_classes: int, seed: int = 0):
@@ -113,6 +136,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the baseline implementation")
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) K x HW reference grouping")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,8 +147,7 @@ def main() -> None:
     thing_map = torch.zeros_like(outputs["center"][0, 0], dtype=torch.long)
     thing_map[outputs["foreground"][0, 0] > 0] = 1
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from postprocess_baseline.merge import postprocess as baseline_postprocess
+    baseline_postprocess = load_baseline(args.baseline_rev)
 
     rows = []
     for up in ("bilinear", "nearest"):
