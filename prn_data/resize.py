@@ -74,43 +74,10 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-def refresh_segments_fast(panoptic: np.ndarray, segments):
-    """Exactly :func:`prn_data.panoptic_io.refresh_segments` (``area`` and COCO ``bbox`` recomputed from
-    ``(H, W)`` ``panoptic``, vanished segments dropped, order kept), 2–3× faster on COCO-sized maps: ids
-    are counted with ``bincount`` over their (small) value range instead of ``np.unique``'s sort. Falls
-    back to ``refresh_segments`` when the ids span more than a few times the pixel count."""
-    from scipy import ndimage
-
-    from .panoptic_io import refresh_segments
-    from .records import VOID, Segment
-
-    flat = panoptic.ravel()
-    if flat.size == 0 or panoptic.ndim != 2 or not len(segments):
-        return refresh_segments(panoptic, segments)
-    lo, hi = int(flat.min()), int(flat.max())
-    if hi - lo > 4 * flat.size + (1 << 20):
-        return refresh_segments(panoptic, segments)
-    off = np.subtract(flat, lo, dtype=np.int64) if lo else flat.astype(np.int64, copy=False)
-    areas = np.bincount(off, minlength=hi - lo + 1)
-    present = np.flatnonzero(areas)
-    lut = np.zeros(hi - lo + 1, dtype=np.int32)
-    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    boxes = ndimage.find_objects(lut[off].reshape(panoptic.shape))
-    out = []
-    for seg in segments:
-        k = int(seg.id) - lo
-        if seg.id == VOID or not 0 <= k <= hi - lo or areas[k] == 0:
-            continue
-        ys, xs = boxes[lut[k] - 1]
-        bbox = (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
-        out.append(Segment(seg.id, seg.category_id, seg.train_id, seg.isthing, seg.iscrowd, int(areas[k]), bbox,
-                           seg.score))
-    return out
-
-
 def resize_sample(sample, policy: ResizePolicy):
     """Resize a :class:`~prn_data.records.Sample` by ``policy``; segments' area/bbox are recomputed at the
     new size and segments that vanish are dropped. ``orig_size`` is kept."""
+    from .panoptic_io import refresh_segments
     from .records import Sample
 
     size = policy.output_size(*sample.panoptic.shape)
@@ -120,7 +87,7 @@ def resize_sample(sample, policy: ResizePolicy):
     return Sample(
         image=resize_image(sample.image, size),
         panoptic=pan,
-        segments=refresh_segments_fast(pan, sample.segments),
+        segments=refresh_segments(pan, sample.segments),
         image_id=sample.image_id,
         file_name=sample.file_name,
         orig_size=sample.orig_size,

@@ -45,11 +45,22 @@ def test_resize_image_enlarging_is_bilinear_and_shrinking_antialiased():
     assert (small[1:3, 1:3] == 128).all() and np.abs(small.astype(int) - 128).max() <= 3
 
 
-def test_refresh_segments_fast_equals_refresh_segments():
+def _stats_by_hand(pan):
+    """Reference: one np.where per id."""
+    out = {}
+    for seg_id in np.unique(pan).tolist():
+        if seg_id == -1:
+            continue
+        ys, xs = np.where(pan == seg_id)
+        out[seg_id] = (len(ys), (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    return out
+
+
+def test_segment_stats_and_refresh_segments_on_resized_coco():
     from prn_data.datasets import open_dataset
-    from prn_data.panoptic_io import refresh_segments
+    from prn_data.panoptic_io import refresh_segments, segment_stats
     from prn_data.records import Segment
-    from prn_data.resize import ResizePolicy, refresh_segments_fast
+    from prn_data.resize import ResizePolicy
 
     ds = open_dataset("coco:prn_data/samples/coco", "val2017")
     dropped = 0
@@ -57,13 +68,16 @@ def test_refresh_segments_fast_equals_refresh_segments():
         s = ds.load(i)
         for policy in (ResizePolicy(), ResizePolicy(short=12, max_long=16)):
             pan = resize_labels(s.panoptic, policy.output_size(*s.panoptic.shape))
-            want = refresh_segments(pan, s.segments)
-            assert refresh_segments_fast(pan, s.segments) == want
-            dropped += len(s.segments) - len(want)
-    assert dropped > 0  # small segments vanish at 12 px and are dropped by both
+            assert segment_stats(pan) == _stats_by_hand(pan)
+            got = refresh_segments(pan, s.segments)
+            assert [g.id for g in got] == [g.id for g in s.segments if g.id in np.unique(pan)]
+            dropped += len(s.segments) - len(got)
+    assert dropped > 0  # small segments vanish at 12 px and are dropped
+    # ids spread far wider than the image take the np.unique path; same answer
+    wide = np.array([[-1, 0, 7_000_000], [5, 5, 7_000_000]], np.int32)
+    assert segment_stats(wide) == _stats_by_hand(wide)
     # by hand: VOID, a stuff id 0, a thing; a vanished segment is dropped, order kept
     pan = np.array([[-1, 0, 0], [2001, 2001, -1], [2001, 0, 0]], np.int32)
     segs = [Segment(2001, 2, 1, True, score=0.5), Segment(5001, 5, 2, True), Segment(0, 0, 0, False)]
-    got = refresh_segments_fast(pan, segs)
+    got = refresh_segments(pan, segs)
     assert [(g.id, g.area, tuple(g.bbox), g.score) for g in got] == [(2001, 3, (0, 1, 2, 2), 0.5), (0, 4, (1, 0, 2, 3), None)]
-    assert got == refresh_segments(pan, segs)

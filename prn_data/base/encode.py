@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import BaseNetworkError, DatasetError
 from ..panoptic_io import semantic_from_panoptic
 from ..records import IGNORE_LABEL
-from ..resize import refresh_segments_fast, resize_labels
+from ..panoptic_io import refresh_segments
+from ..resize import resize_labels
 from . import BasePrediction, check_probs
 
 
@@ -97,7 +98,7 @@ def encode_base(pred: BasePrediction, size: tuple[int, int], num_classes: int, p
     size = (int(size[0]), int(size[1]))
     where = f"image {pred.image_id}" if pred.image_id else "base prediction"
     panoptic = resize_labels(np.asarray(pred.panoptic, dtype=np.int32), size)
-    segments = refresh_segments_fast(panoptic, pred.segments)
+    segments = refresh_segments(panoptic, pred.segments)
     scores = {s.id: float(s.score) for s in segments if s.score is not None}
     try:
         center, center_offset, box_offset, _ = encode_instances(panoptic, segments, params.sigma,
