@@ -13,7 +13,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import StoreError, safe_join
 

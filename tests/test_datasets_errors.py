@@ -99,7 +99,7 @@ def test_unknown_category(tmp_path):
     data = _make_coco(tmp_path)
     data["annotations"][0]["segments_info"][0]["category_id"] = 9
     _save(tmp_path, data)
-    err = _expect(tmp_path, "panoptic_val.json", "unknown category id 9")
+    _expect(tmp_path, "panoptic_val.json", "unknown category id 9")
 
 
 def test_image_and_label_sizes_differ(tmp_path):

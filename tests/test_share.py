@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -21,6 +16,8 @@ from prn_data.errors import PrnError
 from prn_data.inspect import store_info
 from prn_data.location import http_supports_ranges, whole_object_ranges, zarr_store
 from prn_data.share import list_store_files, pack, unpack
+
+from http_serving import serve
 from prn_data.verify import verify_store
 from test_inspect import build_sample_store, run_prn
 
@@ -161,35 +158,11 @@ def test_pack_info_verify_unpack_real_store(built_store, tmp_path):
     assert _tree_bytes(back) == _tree_bytes(built_store)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def http_root(built_store):
-    """``python -m http.server`` serving the built store's parent folder on a free 127.0.0.1 port."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(built_store.parent)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/{built_store.name}/zarr.json", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("http.server did not start")
+    """A server with ``python -m http.server``'s behaviour (ranges ignored) over the built store's folder."""
+    with serve(built_store.parent, ranges=False) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_store_over_http(built_store, http_root):
@@ -205,56 +178,13 @@ def test_store_over_http(built_store, http_root):
     _assert_same_samples(url, str(built_store))
 
 
-class _RangeHandler:
-    """Factory of an ``http.server`` handler that honours single byte ranges (206), as real servers do."""
-
-    @staticmethod
-    def make(directory: Path):
-        import http.server
-        import re
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=str(directory), **kw)
-
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_GET(self):
-                m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
-                path = Path(self.translate_path(self.path))
-                if not m or not path.is_file():
-                    return super().do_GET()
-                data = path.read_bytes()
-                a, b = m.groups()
-                start, end = (len(data) - int(b), len(data) - 1) if a == "" else (int(a), int(b) if b else len(data) - 1)
-                start, end = max(start, 0), min(end, len(data) - 1)
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-                self.send_header("Content-Length", str(end - start + 1))
-                self.send_header("Accept-Ranges", "bytes")
-                self.end_headers()
-                self.wfile.write(data[start : end + 1])
-
-        return Handler
-
-
 @pytest.fixture
 def range_http_root(built_store, tmp_path):
-    """A byte-range-capable HTTP server (in a thread) serving the built store and its packed zip."""
-    import http.server
-    import threading
-
+    """A byte-range-capable HTTP server serving the built store and its packed zip."""
     pack(built_store, tmp_path / "coco.zip")
     shutil.copytree(built_store, tmp_path / built_store.name)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler.make(tmp_path))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(tmp_path, ranges=True) as url:
+        yield url
 
 
 def test_store_and_zip_over_a_range_capable_server(built_store, range_http_root):

@@ -290,59 +290,22 @@ def test_jpegxl_image_codec_is_lossless(tmp_path):
     assert ro.verify_sample(0)
 
 
-class _RangeHandler:
-    """A static file HTTP handler that honours ``Range`` (as S3, GCS and nginx do; Python's does not)."""
-
-    @staticmethod
-    def make(directory: Path):
-        import http.server
-
-        class H(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=str(directory), **kw)
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                path = Path(self.translate_path(self.path))
-                if not rng or not path.is_file():
-                    return super().do_GET()
-                data = path.read_bytes()
-                a, _, b = rng.split("=", 1)[1].partition("-")
-                start, end = (len(data) - int(b), len(data)) if a == "" else (int(a), int(b) + 1 if b else len(data))
-                body = data[max(start, 0) : end]
-                self.send_response(206)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Range", f"bytes {max(start, 0)}-{max(start, 0) + len(body) - 1}/{len(data)}")
-                self.end_headers()
-                self.wfile.write(body)
-
-        return H
-
-
 def test_open_over_http_read_only(tmp_path):
-    import socketserver
-    import threading
+    from http_serving import serve
 
     st = _new(tmp_path, n=3, shard=2)
     _write(st, [0, 1], SIZES, 0)
     _write(st, [2], SIZES, 1)
     st.consolidate()
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RangeHandler.make(tmp_path))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        ro = open_store(f"http://127.0.0.1:{srv.server_address[1]}/s.zarr")
-        assert ro.done.tolist() == [True, True, True]
-        got = ro.read_sample(2)
-        np.testing.assert_array_equal(got["gt/panoptic"], _maps(2, SIZES[2])["gt/panoptic"])
-        assert got["image_id"] == "img2" and ro.verify_sample(1)
-        with pytest.raises(StoreError, match="read-only"):
-            ro.write_shard(0, {})
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    for ranges in (True, False):  # a range-capable server, and one like `python -m http.server`
+        with serve(tmp_path, ranges=ranges) as url:
+            ro = open_store(f"{url}/s.zarr")
+            assert ro.done.tolist() == [True, True, True]
+            got = ro.read_sample(2)
+            np.testing.assert_array_equal(got["gt/panoptic"], _maps(2, SIZES[2])["gt/panoptic"])
+            assert got["image_id"] == "img2" and ro.verify_sample(1)
+            with pytest.raises(StoreError, match="read-only"):
+                ro.write_shard(0, {})
 
 
 def _counting(store):

@@ -7,11 +7,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +14,7 @@ import torch
 
 from prn_model.config import ConfigError, config_from_dict, load_config, override
 from prn_model.train import CheckpointError, TrainingError, load_checkpoint, lr_factor, read_checkpoint, train
+from http_serving import free_port, serve
 from test_data import build_tiny_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,12 +123,6 @@ def test_checkpoint_round_trip_and_errors(store, tmp_path):
         train(cfg, show_progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -145,7 +135,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
 def test_two_process_gloo_run(store, tmp_path):
     run = tmp_path / "ddp"
     cfg = tiny_config(store, run, iters=3, checkpoint_every=3)
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2)
     m = _metrics(run)  # rank 0 alone writes
     assert [r["step"] for r in m] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in m)
@@ -157,68 +147,14 @@ def test_two_process_gloo_run(store, tmp_path):
     assert all(torch.equal(saved[k], w0[k]) for k in w0)
 
 
-# A static HTTP server that honours Range requests. `python -m http.server` ignores them and answers every
-# request with the whole file, but a sharded Zarr store is read by byte ranges (shard index, then chunks).
-RANGE_SERVER = """
-import http.server, io, os, re, sys
-
-directory, port = sys.argv[1], int(sys.argv[2])
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, directory=directory, **kwargs)
-
-    def log_message(self, *args):
-        pass
-
-    def send_head(self):
-        m = re.fullmatch(r"bytes=(\\d*)-(\\d*)", (self.headers.get("Range") or "").strip())
-        path = self.translate_path(self.path)
-        if not m or not os.path.isfile(path):
-            return super().send_head()
-        size = os.path.getsize(path)
-        first, last = m.groups()
-        start = max(0, size - int(last)) if first == "" else int(first)
-        end = size - 1 if first == "" or last == "" else min(size - 1, int(last))
-        if start >= size:
-            self.send_error(416)
-            return None
-        with open(path, "rb") as f:
-            f.seek(start)
-            body = f.read(end - start + 1)
-        self.send_response(206)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        return io.BytesIO(body)
-
-
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
 
 
 def test_trains_from_a_store_served_over_http(store, tmp_path):
-    port = _free_port()
-    script = tmp_path / "serve.py"
-    script.write_text(RANGE_SERVER)
-    server = subprocess.Popen([sys.executable, str(script), str(Path(store).parent), str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/{Path(store).name}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{url}/zarr.json", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        cfg = tiny_config(url, tmp_path / "http", iters=2, checkpoint_every=1, keep_checkpoints=1,
-                          **{"data.decode": "device"})
+    # Served like `python -m http.server` (byte ranges ignored): the store reads whole objects then.
+    with serve(Path(store).parent, ranges=False) as root:
+        cfg = tiny_config(f"{root}/{Path(store).name}", tmp_path / "http", iters=2, checkpoint_every=1,
+                          keep_checkpoints=1, **{"data.decode": "device"})
         summary = train(cfg, show_progress=False)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     assert summary["step"] == 2
     assert [r["step"] for r in _metrics(tmp_path / "http")] == [1, 2]
     assert [p.name for p in (tmp_path / "http" / "checkpoints").iterdir()] == ["step_0000002.pt"]

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from ..errors import StoreError
-from .app import app, console, progress
+from .app import app, progress
 
 
 def _bar_callback(bar, description: str):
