@@ -1,13 +1,14 @@
 """Ground-truth targets of PRN (DESIGN §3; paper §3.2 "Instance Maps", §3.4 "Prediction Branches").
 
 Everything here works on maps already at the store resolution (targets are computed *after* resizing) and
-is pure NumPy. One pass over the label map serves all segments: the panoptic ids are turned into a dense
-segment index by a lookup table (``np.unique(..., return_inverse=True)`` when the ids are too sparse for
-one), and two ``np.bincount`` calls over (row, segment) and (column, segment) keys give every segment's
-area, center of mass and tight box at once. Every per-pixel map depends only on the segment, or on
-(row, segment) / (column, segment), so each is one gather (``np.take``) from a small table through those
-keys: no ``np.where`` per segment, no per-pixel arithmetic. The Gaussians are pasted per instance into
-slices (each patch is small).
+is pure NumPy. One pass over the label map serves all segments: it is cut into runs (maximal stretches of
+one id along a row; a few thousand for a real 640×800 map), each run's id is mapped to its segment, and
+``np.bincount`` / ``ufunc.at`` over the runs give every segment's area, center of mass and tight box at
+once. Every per-pixel map is constant along a run, or (dx, left, right) a run constant combined with the
+column, so all of them come from one small per-run table expanded by a single ``np.repeat`` plus three
+elementwise passes: no ``np.where`` per segment, no per-pixel gather. The Gaussians are pasted per
+instance into slices (each patch is small). Maps of many one-pixel runs (noise) are correct but slower
+than maps of real scenes.
 
 Conventions (pinned by tests):
 
@@ -36,9 +37,8 @@ import numpy as np
 from .errors import DatasetError, StoreError
 from .records import IGNORE_LABEL, LABEL_DIVISOR, VOID, Segment
 
-# Above this many table entries per pixel the dense id → index lookup table costs more than sorting.
-_MAX_LUT_PER_PIXEL = 8
-_MIN_LUT = 1 << 20
+# Above this many table entries per run a dense id → index lookup table costs more than a binary search.
+_MAX_LUT_PER_RUN = 4
 
 
 @dataclass(frozen=True)
@@ -109,16 +109,20 @@ def gaussian_patch(sigma: float) -> np.ndarray:
 
 
 @dataclass
-class _Index:
-    """The one pass over a label map: ``inv (H, W) intp`` segment index per pixel (0 = VOID, i + 1 =
-    ``segments[i]``); ``row_key = y·B + inv`` and ``col_key = x·B + inv`` ``(H, W) intp`` (B = S + 2 bins),
-    which index (row, segment) and (column, segment) tables; per-segment ``area``, float64 center of mass
-    ``cy, cx`` and inclusive box ``y0, y1, x0, x1`` (all ``(S + 1,)``, entry 0 for VOID; absent segments
-    have area 0)."""
+class _Runs:
+    """The one pass over a label map, as runs: maximal stretches of one id along a row, in raster order.
 
-    inv: np.ndarray
-    row_key: np.ndarray
-    col_key: np.ndarray
+    Per run (``(R,)`` arrays): ``length`` in pixels (intp), ``seg`` segment index (intp; 0 = VOID, i + 1
+    = ``segments[i]``), row ``y`` and first column ``x`` (intp), and the panoptic id ``pid`` (int32).
+    Per segment (``(S + 1,)``, entry 0 for VOID; absent segments have area 0 and meaningless boxes):
+    ``area`` (int64), float64 center of mass ``cy, cx`` and inclusive box ``y0, y1, x0, x1`` (int64).
+    """
+
+    length: np.ndarray
+    seg: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+    pid: np.ndarray
     area: np.ndarray
     cy: np.ndarray
     cx: np.ndarray
@@ -141,7 +145,7 @@ def _check_panoptic(panoptic: np.ndarray, source: str | None) -> np.ndarray:
     return panoptic
 
 
-def _index(panoptic: np.ndarray, segments: Sequence[Segment], source: str | None) -> _Index:
+def _runs(panoptic: np.ndarray, segments: Sequence[Segment], source: str | None) -> _Runs:
     h, w = panoptic.shape
     n = len(segments)
     ids = np.fromiter((int(s.id) for s in segments), dtype=np.int64, count=n)
@@ -150,109 +154,131 @@ def _index(panoptic: np.ndarray, segments: Sequence[Segment], source: str | None
     if len(np.unique(ids)) != n:
         dup = sorted({int(i) for i in ids if (ids == i).sum() > 1})
         raise _bad(source, f"segment ids listed more than once: {dup}")
-    lo, hi = int(panoptic.min()), int(panoptic.max())
+    # The only full-image passes: a comparison of each pixel with its left neighbour, and its nonzero
+    # scan. A run also starts at every column 0, so that no run spans two rows.
+    flat = np.ascontiguousarray(panoptic).reshape(-1)
+    starts = np.empty(flat.size, dtype=bool)
+    np.not_equal(flat[1:], flat[:-1], out=starts[1:])
+    starts[::w] = True
+    first = np.flatnonzero(starts)
+    length = np.diff(first, append=flat.size)
+    y, x = np.divmod(first, w)
+    pid = flat[first]
+    # Every id of the map starts at least one run, so the runs' extremes are the map's.
+    lo, hi = int(pid.min()), int(pid.max())
     if lo < VOID:
         raise _bad(source, f"panoptic map holds id {lo}; ids must be >= 0, or -1 for VOID")
     if hi > np.iinfo(np.int32).max:
         raise _bad(source, f"panoptic map holds id {hi}, beyond the int32 range")
-    unknown = n + 1  # index of an extra bin that collects ids no segment lists
+    pid = pid.astype(np.int32, copy=False)
+    # id → segment index per run: a lookup table where it is no larger than a few entries per run (many
+    # short runs: noisy maps), else a binary search in the sorted ids (any id range, no big table).
     top = max(hi, int(ids.max()) if n else 0)
-    if top + 2 <= max(_MIN_LUT, _MAX_LUT_PER_PIXEL * h * w):
-        # Dense lookup id → index.
-        lut = np.full(top + 2, unknown, dtype=np.intp)
-        lut[-1] = 0
+    if top + 2 <= _MAX_LUT_PER_RUN * len(first):
+        lut = np.full(top + 2, n + 1, dtype=np.intp)  # n + 1: an id no segment lists
         lut[ids] = np.arange(1, n + 1)
-        # mode="wrap" maps VOID (-1) to the last entry; every other id is in range (checked above).
-        inv = np.take(lut, panoptic, mode="wrap")
+        seg = lut[pid]  # VOID (-1) reads the last entry
     else:
-        uniq, uinv = np.unique(panoptic, return_inverse=True)
-        pos = {int(i): k + 1 for k, i in enumerate(ids.tolist())}
-        table = np.array([0 if u == VOID else pos.get(u, unknown) for u in uniq.tolist()], dtype=np.intp)
-        inv = table[uinv.reshape(h, w)]
-    nb = n + 2
-    # (row, segment) and (column, segment) histograms: areas, centers of mass and boxes in one pass each.
-    row_key = np.add(inv, (np.arange(h, dtype=np.intp) * nb)[:, None])
-    rows = np.bincount(row_key.ravel(), minlength=h * nb).reshape(h, nb)
-    col_key = np.add(inv, (np.arange(w, dtype=np.intp) * nb)[None, :])
-    cols = np.bincount(col_key.ravel(), minlength=w * nb).reshape(w, nb)
-    if rows[:, unknown].any():
-        missing = np.unique(panoptic[inv == unknown])
+        seg = np.full(len(first), n + 1, dtype=np.intp)
+        if n:
+            order = np.argsort(ids)
+            pos = np.minimum(np.searchsorted(ids[order], pid), n - 1)
+            hit = ids[order][pos] == pid
+            seg[hit] = order[pos[hit]] + 1
+    seg[pid == VOID] = 0
+    if (unknown := seg > n).any():
+        missing = np.unique(pid[unknown])
         raise _bad(source, f"panoptic ids {missing[:20].tolist()} have no segment in the segment list")
-    rows, cols = rows[:, :unknown], cols[:, :unknown]
-    area = rows.sum(axis=0)
+    # Areas, coordinate sums and boxes from the runs. The sums are integers far below 2**53, so these
+    # float64 bincounts are exact and the centers equal np.mean over each segment's pixel list.
+    nb = n + 1
+    area = np.bincount(seg, weights=length, minlength=nb).astype(np.int64)
     safe = np.maximum(area, 1).astype(np.float64)
-    # Integer coordinate sums are exact in float64, so the mean equals np.mean over the pixel list.
-    cy = (np.arange(h, dtype=np.float64) @ rows) / safe
-    cx = (np.arange(w, dtype=np.float64) @ cols) / safe
-    rnz, cnz = rows > 0, cols > 0
-    y0 = rnz.argmax(axis=0)
-    y1 = h - 1 - rnz[::-1].argmax(axis=0)
-    x0 = cnz.argmax(axis=0)
-    x1 = w - 1 - cnz[::-1].argmax(axis=0)
-    return _Index(inv, row_key, col_key, area, cy, cx, y0, y1, x0, x1)
+    cy = np.bincount(seg, weights=y * length, minlength=nb) / safe
+    # Sum of the columns x .. x + L - 1 of a run: L·(2x + L − 1)/2, an integer.
+    cx = np.bincount(seg, weights=(length * (2 * x + length - 1)) // 2, minlength=nb) / safe
+    y0 = np.full(nb, h - 1, dtype=np.int64)
+    y1 = np.zeros(nb, dtype=np.int64)
+    x0 = np.full(nb, w - 1, dtype=np.int64)
+    x1 = np.zeros(nb, dtype=np.int64)
+    np.minimum.at(y0, seg, y)
+    np.maximum.at(y1, seg, y)
+    np.minimum.at(x0, seg, x)
+    np.maximum.at(x1, seg, x + length - 1)
+    return _Runs(length, seg, y, x, pid, area, cy, cx, y0, y1, x0, x1)
 
 
-def _arena(h: int, w: int, n_float: int, n_int32: int = 0, n_uint8: int = 0):
-    """One allocation carved into ``(n_float, H, W) float32``, ``(n_int32, H, W) int32`` and
-    ``(n_uint8, H, W) uint8`` views.
-
-    Why: a 640×800 map is 2 MB, just under the size at which NumPy asks the kernel for huge pages, so ten
-    separate fresh maps cost ~5000 page faults (~6 ms here, more than the arithmetic); one buffer of
-    the same total size costs a handful.
-    """
-    hw = h * w
-    buf = np.empty(4 * hw * (n_float + n_int32) + hw * n_uint8, dtype=np.uint8)
-    f = buf[: 4 * hw * n_float].view(np.float32).reshape(n_float, h, w)
-    i = buf[4 * hw * n_float : 4 * hw * (n_float + n_int32)].view(np.int32).reshape(n_int32, h, w)
-    u = buf[4 * hw * (n_float + n_int32) :].reshape(n_uint8, h, w)
-    return f, i, u
+# Rows of the per-run table that `_expand` turns into per-pixel maps (channel-first, as returned).
+_N_INSTANCE = 8  # center, center offset (dy, dx), box offset (top, bottom, left, right), offset weight
+_BAND_PIXELS = 1 << 15  # pixels per band of rows in _finish_instances (its float64 temporary: 256 KiB)
 
 
-def _encode(idx: _Index, instance: np.ndarray, sigma: float, scores: np.ndarray | None, out: np.ndarray) -> None:
-    """Write the instance maps into ``out (8, H, W) float32``: center (1), center offsets (2), box offsets
-    (4), offset weight (1). ``instance (S + 1,) bool`` marks the segments that get a Gaussian and offsets
-    (non-crowd things), ``scores (S + 1,) float64`` scales their Gaussians."""
-    inv = idx.inv
-    h, w = inv.shape
-    inst = instance & (idx.area > 0)
+def _instance_rows(r: _Runs, inst: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Fill ``table[:8] (8, R) float32`` with each run's value of the instance maps, as far as a run has
+    one value: center 0 (pasted later), dy = cy − y, dx 0 (needs x), top = y − y0, bottom = y1 − y, the
+    box's x0 and x1 (combined with x later) and the offset weight. Runs outside the instance segments
+    ``inst (S + 1,) bool`` are +0.0 everywhere. Returns their ``(R,) float64`` cx (0 elsewhere) for dx.
+
+    Values are computed in float64 and rounded once to float32, as a per-pixel formula would be."""
+    s = r.seg
+    on = inst[s]
+    yf = r.y.astype(np.float64)
+    table[0] = 0.0
+    table[1] = np.where(on, r.cy[s] - yf, 0.0)
+    table[2] = 0.0
+    table[3] = np.where(on, yf - r.y0[s], 0.0)
+    table[4] = np.where(on, r.y1[s] - yf, 0.0)
+    table[5] = np.where(on, r.x0[s], 0)
+    table[6] = np.where(on, r.x1[s], 0)
+    table[7] = on
+    return np.where(on, r.cx[s], 0.0)
+
+
+def _expand(r: _Runs, table: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Per-pixel maps ``(C, H, W)`` of a per-run ``table (C, R)``: each run's value repeated along it.
+
+    One ``np.repeat`` writes all channels at about memory speed (no per-pixel index, no gather) into a
+    single allocation: one large block rather than C fresh 2 MB maps, which cost page faults."""
+    return np.repeat(table, r.length, axis=1).reshape(len(table), h, w)
+
+
+def _finish_instances(
+    r: _Runs, inst: np.ndarray, cx: np.ndarray, sigma: float, scores: np.ndarray | None, out: np.ndarray
+) -> None:
+    """Complete the instance maps in ``out (8, H, W) float32`` expanded from :func:`_instance_rows`: the
+    column-dependent channels dx = cx − x, left = x − x0, right = x1 − x, and the Gaussians in channel 0.
+    ``cx (R,) float64`` per run; ``scores (S + 1,) float64`` scales the Gaussians (None: peak 1)."""
+    h, w = out.shape[1:]
+    # x on instance pixels, +0.0 elsewhere (the weight is 0 or 1 and x >= 0): every difference below is
+    # then +0.0 off the instances, where the table holds 0, and exact on them (small integers in float32;
+    # cx − x is exact in float64 and rounded once by the cast). Done in bands of rows so that the
+    # temporaries (x·weight, the float64 cx) stay in cache: ~1 ms less per 640×800 map than whole maps.
+    xf = np.arange(w, dtype=np.float32)
+    band = max(1, _BAND_PIXELS // w)
+    xw = np.empty((band, w), dtype=np.float32)
+    row_first = np.append(np.flatnonzero(r.x == 0), len(r.x))  # every row starts a run
+    for ya in range(0, h, band):
+        yb = min(ya + band, h)
+        a, b = row_first[ya], row_first[yb]
+        xb = np.multiply(out[7, ya:yb], xf, out=xw[: yb - ya])
+        np.subtract(xb, out[5, ya:yb], out=out[5, ya:yb])
+        np.subtract(out[6, ya:yb], xb, out=out[6, ya:yb])
+        cxb = np.repeat(cx[a:b], r.length[a:b]).reshape(yb - ya, w)
+        np.subtract(cxb, xb, out=out[2, ya:yb], casting="unsafe")
 
     heat = out[0]
-    heat.fill(0.0)
     patch64 = gaussian_patch(sigma)
     half = patch64.shape[0] // 2
     patch32 = patch64.astype(np.float32)
     # Round half up, as DESIGN §3 fixes (np.round would round half to even).
-    py = np.floor(idx.cy + 0.5).astype(np.intp)
-    px = np.floor(idx.cx + 0.5).astype(np.intp)
-    for i in np.flatnonzero(inst):
+    py = np.floor(r.cy + 0.5).astype(np.intp)
+    px = np.floor(r.cx + 0.5).astype(np.intp)
+    for i in np.flatnonzero(inst & (r.area > 0)):
         ya, yb = max(py[i] - half, 0), min(py[i] + half + 1, h)
         xa, xb = max(px[i] - half, 0), min(px[i] + half + 1, w)
         sl = (slice(ya - py[i] + half, yb - py[i] + half), slice(xa - px[i] + half, xb - px[i] + half))
         g = patch32[sl] if scores is None else (patch64[sl] * scores[i]).astype(np.float32)
         np.maximum(heat[ya:yb, xa:xb], g, out=heat[ya:yb, xa:xb])
-
-    # Every offset depends only on (row, segment) or (column, segment): evaluate it on those small tables
-    # (exactly as a per-pixel formula would, float64 then rounded once to float32) and gather each
-    # channel in one pass through the keys. Non-instance segments' entries are +0.0.
-    # Per-segment values gain one entry for the keys' unknown-id bin (never addressed once validated).
-    # mode="clip" (the keys are in range by construction) lets np.take write straight into `out`; the
-    # default mode="raise" would go through a temporary copy.
-    on = np.append(inst, False)
-    per_segment = (idx.cy, idx.cx, idx.y0, idx.y1, idx.x0, idx.x1)
-    cy, cx, y0, y1, x0, x1 = (np.append(v, 0).astype(np.float64) for v in per_segment)
-    yy = np.arange(h, dtype=np.float64)[:, None]
-    xx = np.arange(w, dtype=np.float64)[:, None]
-    for c, key, values in (
-        (1, idx.row_key, cy - yy),
-        (2, idx.col_key, cx - xx),
-        (3, idx.row_key, yy - y0),
-        (4, idx.row_key, y1 - yy),
-        (5, idx.col_key, xx - x0),
-        (6, idx.col_key, x1 - xx),
-    ):
-        table = np.where(on, values, 0.0).astype(np.float32).ravel()
-        np.take(table, key, out=out[c], mode="clip")
-    np.take(inst.astype(np.float32), inv, out=out[7], mode="clip")
 
 
 def _score_table(
@@ -303,11 +329,13 @@ def encode_instances(
     if not (sigma > 0 and np.isfinite(sigma)):
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
     panoptic = _check_panoptic(panoptic, source)
-    idx = _index(panoptic, segments, source)
+    r = _runs(panoptic, segments, source)
     inst = np.array([False] + [bool(s.isthing) and not bool(s.iscrowd) for s in segments])
     h, w = panoptic.shape
-    maps, _, _ = _arena(h, w, 8)
-    _encode(idx, inst, float(sigma), _score_table(segments, scores, source), maps)
+    table = np.empty((_N_INSTANCE, len(r.seg)), dtype=np.float32)
+    cx = _instance_rows(r, inst, table)
+    maps = _expand(r, table, h, w)
+    _finish_instances(r, inst, cx, float(sigma), _score_table(segments, scores, source), maps)
     return maps[0:1], maps[1:3], maps[3:7], maps[7]
 
 
@@ -340,8 +368,8 @@ def compute_targets(
         - ``center_weight (H, W) float32``: 1 on every non-crowd, non-VOID pixel (stuff included).
         - ``offset_weight (H, W) float32``: 1 on non-crowd thing pixels.
         - ``panoptic (H, W) int32``: a copy of the input.
-        The foreground loss weight is ``panoptic != -1`` and is not returned. The maps are views of one
-        allocation (see :func:`_arena` for why).
+        The foreground loss weight is ``panoptic != -1`` and is not returned. The float32 maps and ``panoptic``
+        are views of one allocation, the uint8 maps of another (see :func:`_expand` for why).
 
     Raises:
         DatasetError: malformed map, bad train ids, negative or duplicate segment ids, ids without a
@@ -351,25 +379,29 @@ def compute_targets(
     for s in segments:
         if not 0 <= int(s.train_id) < IGNORE_LABEL:
             raise _bad(source, f"segment {s.id} has train id {s.train_id}, outside 0..{IGNORE_LABEL - 1}")
-    idx = _index(panoptic, segments, source)
+    r = _runs(panoptic, segments, source)
     thing = np.array([False] + [bool(s.isthing) for s in segments])
     crowd = np.array([False] + [bool(s.iscrowd) for s in segments])
     inst = thing & ~crowd
     h, w = panoptic.shape
-    maps, ints, bytes_ = _arena(h, w, 10, 1, 2)
-    _encode(idx, inst, params.sigma, None, maps[:8])
-
-    inv = idx.inv
-    train = np.array([IGNORE_LABEL] + [int(s.train_id) for s in segments], dtype=np.uint8)
-    sem_w = np.where(thing & (idx.area < params.small_instance_area), params.small_instance_weight, 1.0)
+    # The ten float32 maps and the int32 panoptic copy are all 4-byte words: one uint32 table holds the
+    # float rows' bits and the ids, so one np.repeat writes every one of them (see _expand).
+    table = np.empty((11, len(r.seg)), dtype=np.uint32)
+    rows = table[:10].view(np.float32)
+    cx = _instance_rows(r, inst, rows)
+    sem_w = np.where(thing & (r.area < params.small_instance_area), params.small_instance_weight, 1.0)
     sem_w[0] = 0.0
-    ctr_w = (~crowd).astype(np.float32)
-    ctr_w[0] = 0.0
-    np.take(train, inv, out=bytes_[0], mode="clip")
-    np.take(thing.astype(np.uint8), inv, out=bytes_[1], mode="clip")
-    np.take(sem_w.astype(np.float32), inv, out=maps[8], mode="clip")
-    np.take(ctr_w, inv, out=maps[9], mode="clip")
-    np.copyto(ints[0], panoptic, casting="unsafe")
+    ctr_w = ~crowd
+    ctr_w[0] = False
+    rows[8] = sem_w[r.seg]
+    rows[9] = ctr_w[r.seg]
+    table[10] = r.pid.view(np.uint32)
+    words = _expand(r, table, h, w)
+    maps = words[:10].view(np.float32)
+    _finish_instances(r, inst, cx, params.sigma, None, maps[:8])
+
+    train = np.array([IGNORE_LABEL] + [int(s.train_id) for s in segments], dtype=np.uint8)
+    bytes_ = _expand(r, np.stack([train[r.seg], thing.astype(np.uint8)[r.seg]]), h, w)
     return {
         "semantic": bytes_[0],
         "center": maps[0:1],
@@ -379,7 +411,7 @@ def compute_targets(
         "semantic_weight": maps[8],
         "center_weight": maps[9],
         "offset_weight": maps[7],
-        "panoptic": ints[0],
+        "panoptic": words[10].view(np.int32),
     }
 
 

@@ -366,3 +366,38 @@ def test_random_scenes_match_per_segment_reference(seed):
     scores = {s.id: float(rng.uniform(0, 1)) for s in segs}
     center = encode_instances(pan, segs, 3.0, scores)[0]
     np.testing.assert_array_equal(center, bench.reference_targets(pan, segs, sigma=3.0, scores=scores)["center"])
+
+
+@pytest.mark.parametrize("lut_per_run", [0, 10**9])
+def test_noisy_and_strided_maps_match_reference_on_both_id_paths(monkeypatch, lut_per_run):
+    # One-pixel runs (a noisy map) and non-contiguous views, through the binary-search (0) and the
+    # lookup-table (10**9) id → segment paths.
+    import importlib.util
+    from pathlib import Path
+
+    from prn_data import targets
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "targets.py"
+    spec = importlib.util.spec_from_file_location("prn_bench_targets", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(targets, "_MAX_LUT_PER_RUN", lut_per_run)
+    rng = np.random.default_rng(11)
+    ids = [-1, 7000, 1001, 1002, 1003]
+    pan = rng.choice(ids, size=(40, 30), p=[0.1, 0.2, 0.35, 0.25, 0.1]).astype(np.int64)
+    pan[5:20, 3:25] = 1002  # a solid block among the noise
+    segs = [
+        Segment(7000, 7, 3, False),
+        Segment(1001, 1, 0, True),
+        Segment(1002, 1, 1, True),
+        Segment(1003, 2, 2, True, iscrowd=True),
+    ]
+    kw = {"sigma": 2.0, "small_instance_area": 400, "small_instance_weight": 2.0}
+    params = TargetParams(**kw)
+    for p in (pan, pan.T, pan[::2, ::3]):
+        t = compute_targets(p, segs, params)
+        ref = bench.reference_targets(p, segs, **kw)
+        for k in ref:
+            np.testing.assert_array_equal(t[k], ref[k], err_msg=k)
+    np.testing.assert_array_equal(compute_targets(pan, segs, params)["semantic_weight"][pan == 1001], 2.0)
+    np.testing.assert_array_equal(compute_targets(pan, segs, params)["semantic_weight"][pan == 1002], 1.0)
