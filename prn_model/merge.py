@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -73,32 +74,88 @@ def _argmax_upsampled(
         y0, wy = y0[: crop[0]], wy[: crop[0]]
         x0, wx = x0[: crop[1]], wx[: crop[1]]
     W = x0.numel()
-    low = logits.max(0).indices.to(torch.int32)  # same first-max rule as argmax, faster along a strided axis
+    low = _first_argmax(logits).to(torch.int32)
     i1, j1 = _next(h_in, dev), _next(w_in, dev)
     below = low.index_select(0, i1)
     agree = (low == low.index_select(1, j1)) & (low == below) & (low == below.index_select(1, j1))
     code = torch.where(agree, low, -1)
     # Columns first: the row gather then copies whole rows.
     out = code.index_select(1, x0).index_select(0, y0)
-    boundary = out < 0
     if where is not None:
-        boundary &= where
         top_left = low.index_select(1, x0).index_select(0, y0)
         out = torch.where(out < 0, top_left, out)
-    pix = torch.nonzero(boundary.reshape(-1)).squeeze(1)
-    if pix.numel() == 0:
-        return out
-    py, px = pix // W, pix % W
     blocks = torch.nonzero(~agree.reshape(-1)).squeeze(1)
-    slot = torch.empty(h_in * w_in, dtype=torch.long, device=dev)
-    slot[blocks] = torch.arange(blocks.numel(), device=dev)
-    pb = slot.index_select(0, y0.index_select(0, py).mul_(w_in).add_(x0.index_select(0, px)))
+    # The boundary pixels are listed from the blocks (not by scanning the full-size map), each with
+    # its block's position in ``blocks``.
+    py, px, pb = _block_pixels(blocks, y0, x0, h_in, w_in)
+    if where is not None:
+        keep = torch.nonzero(where[py, px]).squeeze(1)
+        py, px, pb = py.index_select(0, keep), px.index_select(0, keep), pb.index_select(0, keep)
+    if py.numel() == 0:
+        return out
+    pix = py * W + px
     taps = _block_taps(blocks, i1, j1, w_in)
-    block_logits = logits.reshape(C, -1).index_select(1, taps.reshape(-1))
-    cls = low.reshape(-1)[taps]
-    lab = _resolve_blocks(block_logits, cls, pb, wy.index_select(0, py)[None], wx.index_select(0, px)[None], chunk)
+    # Neighbouring blocks share taps: gather each source pixel's class vector once.
+    src, tap_slot = _unique_slots(taps, h_in * w_in)
+    tap_logits = logits.reshape(C, -1).index_select(1, src)
+    lab = _resolve_blocks(tap_logits, low.reshape(-1).index_select(0, src), tap_slot, pb, wy.index_select(0, py)[None], wx.index_select(0, px)[None], chunk)
     out.view(-1).index_copy_(0, pix, lab.to(torch.int32))
     return out
+
+
+def _first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.max(0).indices`` (the first maximum's index over the classes of ``(C, ...)`` float logits, as
+    int64 of shape ``x.shape[1:]``), computed faster on the CPU: a max reduction with indices along the
+    strided class axis is several times slower than one without. Classes are cut into groups of about
+    √C; the group maxima give the overall max, the first group reaching it is found by a short chain of
+    comparisons, and within it the first class reaching it likewise. Exact (ties keep the lowest
+    index); with a NaN present it falls back to ``max``."""
+    C = x.shape[0]
+    if C < 16:
+        return x.max(0).indices
+    flat = x.reshape(C, -1)
+    n, dev = flat.shape[1], x.device
+    g = math.isqrt(C)
+    G = C // g
+    gm = flat[: G * g].view(G, g, n).amax(1)
+    if G * g < C:
+        gm = torch.cat([gm, flat[G * g :].amax(0, keepdim=True)])
+    m = gm.amax(0)
+    if bool(torch.isnan(m).any()):
+        return x.max(0).indices
+    # Walking backwards leaves the first match.
+    grp = torch.full((n,), gm.shape[0] - 1, dtype=torch.long, device=dev)
+    for j in range(gm.shape[0] - 2, -1, -1):
+        grp.masked_fill_(gm[j] == m, j)
+    base = grp.mul_(g)
+    # The last group may be short: its missing rows repeat class C − 1, after its real position.
+    vals = flat.gather(0, (base[None] + torch.arange(g, device=dev)[:, None]).clamp_(max=C - 1))
+    k = torch.full((n,), g - 1, dtype=torch.long, device=dev)
+    for j in range(g - 2, -1, -1):
+        k.masked_fill_(vals[j] == m, j)
+    return base.add_(k).view(x.shape[1:])
+
+
+def _block_pixels(blocks: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h_in: int, w_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output pixels ``(py, px)`` interpolating the 2×2 source blocks whose top-left pixels are ``blocks
+    (n_b,)`` (flat, row width ``w_in``), and each one's block number (position in ``blocks``), all
+    ``(n,) int64``, block by block. ``y0 (H,)``, ``x0 (W,)``: each output row's / column's first source
+    tap, non-decreasing, so a source row's output rows are one contiguous range."""
+    ny = torch.bincount(y0, minlength=h_in)
+    nx = torch.bincount(x0, minlength=w_in)
+    first_y, first_x = ny.cumsum(0) - ny, nx.cumsum(0) - nx
+    bi = blocks // w_in
+    bj = blocks - bi * w_in
+    by, bx = ny.index_select(0, bi), nx.index_select(0, bj)
+    count = by * bx
+    block = torch.repeat_interleave(count)
+    start = count.cumsum(0) - count
+    k = torch.arange(block.numel(), device=blocks.device) - start.index_select(0, block)
+    w = bx.index_select(0, block)
+    r = k // w
+    py = first_y.index_select(0, bi).index_select(0, block) + r
+    px = first_x.index_select(0, bj).index_select(0, block) + (k - r * w)
+    return py, px, block
 
 
 def _next(n: int, device: torch.device) -> torch.Tensor:
@@ -115,9 +172,22 @@ def _block_taps(blocks: torch.Tensor, i1: torch.Tensor, j1: torch.Tensor, w_in: 
     return torch.stack([bi + bj, bi + bj1, bi1 + bj, bi1 + bj1])
 
 
+def _unique_slots(index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct values ``(u,) int64`` (ascending) of ``index`` (values in ``[0, n)``) and each entry's
+    position among them (``index``'s shape), by marking a length-``n`` table (no sort)."""
+    flat = index.reshape(-1)
+    mark = torch.zeros(n, dtype=torch.bool, device=index.device)
+    mark.index_fill_(0, flat, True)
+    uniq = torch.nonzero(mark).squeeze(1)
+    pos = torch.empty(n, dtype=torch.long, device=index.device)
+    pos.index_copy_(0, uniq, torch.arange(uniq.numel(), device=index.device))
+    return uniq, pos.index_select(0, flat).view(index.shape)
+
+
 def _resolve_blocks(
-    block_logits: torch.Tensor,
-    cls: torch.Tensor,
+    tap_logits: torch.Tensor,
+    tap_cls: torch.Tensor,
+    tap_slot: torch.Tensor,
     pb: torch.Tensor,
     ty: torch.Tensor,
     tx: torch.Tensor,
@@ -125,20 +195,24 @@ def _resolve_blocks(
 ) -> torch.Tensor:
     """Exact argmax of the bilinear interpolation at pixels of 2×2 source blocks, ``(n,) int64``.
 
-    ``block_logits (C, 4·n_b)``: the logits at each block's taps (column ``t·n_b + b``: tap t of block b,
-    in the order of :func:`_block_taps`); ``cls (4, n_b)``: the argmax at each tap; ``pb (n,)``: each
-    pixel's block; ``ty, tx (1, n)``: its interpolation weights. An interpolated logit never exceeds its
-    largest tap value, so when the best of the (≤ 4) tap-argmax classes, interpolated exactly, beats every
-    other class's largest tap value in the block, no other class can win. The remaining pixels are
-    interpolated over all classes, ``chunk`` values at a time. Every interpolation is the same lerp
-    sequence, so a winner is bit-for-bit the full interpolation's argmax."""
-    C = block_logits.shape[0]
-    nb = cls.shape[1]
-    tv = block_logits.view(C, 4, nb)
+    ``tap_logits (C, u)``: the logits of the distinct source pixels the blocks read; ``tap_cls (u,)``:
+    their argmax; ``tap_slot (4, n_b)``: each block's taps (top-left, top-right, bottom-left,
+    bottom-right, as :func:`_block_taps`) as columns of ``tap_logits``; ``pb (n,)``: each pixel's block;
+    ``ty, tx (1, n)``: its interpolation weights. An interpolated logit never exceeds its largest tap
+    value, so when the best of the (≤ 4) tap-argmax classes, interpolated exactly, beats every other
+    class's value at every tap, no other class can win. As that bound each tap's runner-up logit (the
+    best class but its own argmax) is used: it is at least the best logit of any non-candidate class
+    there, so the test stays sound while needing one reduction per source pixel instead of one per
+    block and class. The remaining pixels are interpolated over all classes, ``chunk`` values at a
+    time. Every interpolation is the same lerp sequence, so a winner is bit-for-bit the full
+    interpolation's argmax."""
+    C, u = tap_logits.shape
+    nb = tap_slot.shape[1]
+    cls = tap_cls.index_select(0, tap_slot.reshape(-1)).view(4, nb)
     # The value of candidate k at tap t: one flat gather, (4, n_b) per tap.
-    kcol = cls.long() * (4 * nb) + torch.arange(nb, device=cls.device)
-    flat = block_logits.reshape(-1)
-    v = [flat.index_select(0, (kcol + t * nb).view(-1)).view(4, nb) for t in range(4)]
+    kcol = cls.long() * u
+    flat = tap_logits.reshape(-1)
+    v = [flat.index_select(0, (kcol + tap_slot[t]).view(-1)).view(4, nb) for t in range(4)]
     vp = [x.index_select(1, pb) for x in v]
     val = torch.lerp(torch.lerp(vp[0], vp[1], tx), torch.lerp(vp[2], vp[3], tx), ty)
     # Reductions over an axis of 4 are slow on the CPU; elementwise chains over the 4 rows are not.
@@ -148,16 +222,20 @@ def _resolve_blocks(
     winner = torch.where(val[0] == best, cp[0], C)
     for t in range(1, 4):
         winner = torch.minimum(winner, torch.where(val[t] == best, cp[t], C))
-    m = torch.maximum(torch.maximum(tv[:, 0], tv[:, 1]), torch.maximum(tv[:, 2], tv[:, 3]))
-    m.scatter_(0, cls.long(), float("-inf"))
-    bound = m.amax(0).index_select(0, pb)
+    # Runner-up: blank each pixel's own argmax, reduce, then put the blanked values back (no copy).
+    own_cls = tap_cls.long()[None]
+    own = tap_logits.gather(0, own_cls)
+    runner_up = tap_logits.scatter_(0, own_cls, float("-inf")).amax(0)
+    tap_logits.scatter_(0, own_cls, own)
+    r = runner_up.index_select(0, tap_slot.reshape(-1)).view(4, nb)
+    bound = torch.maximum(torch.maximum(r[0], r[1]), torch.maximum(r[2], r[3])).index_select(0, pb)
     rest = torch.nonzero(best <= bound).squeeze(1)
     out = winner.long()
     step = max(1, chunk // max(C, 1))
     for s in range(0, rest.numel(), step):
         r = rest[s : s + step]
         b = pb.index_select(0, r)
-        v = [block_logits.index_select(1, b + t * nb) for t in range(4)]
+        v = [tap_logits.index_select(1, tap_slot[t].index_select(0, b)) for t in range(4)]
         rx, ry = tx[:, r], ty[:, r]
         val = torch.lerp(torch.lerp(v[0], v[1], rx), torch.lerp(v[2], v[3], rx), ry)
         out.index_copy_(0, r, val.max(0).indices)
@@ -200,7 +278,7 @@ def _upsample_labels(
         return _argmax_upsampled(logits, (H, W), crop=(h, w), where=where)
     rows = (torch.arange(h, device=logits.device) * logits.shape[1]) // H
     cols = (torch.arange(w, device=logits.device) * logits.shape[2]) // W
-    return logits.max(0).indices.to(torch.int32).index_select(1, cols).index_select(0, rows)
+    return _first_argmax(logits).to(torch.int32).index_select(1, cols).index_select(0, rows)
 
 
 def logits_at(
@@ -251,7 +329,22 @@ def _thing_argmax_at(logits: torch.Tensor, size: tuple[int, int], ys: torch.Tens
     does, at the pixels ``(ys, xs)`` only."""
     # (Instance pixels labelled stuff lie on class boundaries, so the block shortcut of
     # _argmax_upsampled rarely applies to them: interpolate directly.) Transposed back to (T, n), contiguous here: max over the first axis is the fast reduction.
-    return logits_at(logits, size, ys, xs, mode).t().max(0).indices
+    H, W = size
+    C, h_in, w_in = logits.shape
+    if mode != "bilinear" or (h_in, w_in) == (H, W):
+        return logits_at(logits, size, ys, xs, mode).t().max(0).indices
+    # As logits_at, but each distinct source pixel's class vector is gathered once (pixels of one 4×4
+    # patch share their taps), into a small pixel-major table whose rows are then copied whole.
+    y0, y1, wy = _taps(H, h_in, logits.device)
+    x0, x1, wx = _taps(W, w_in, logits.device)
+    a0, a1 = y0.index_select(0, ys).mul_(w_in), y1.index_select(0, ys).mul_(w_in)
+    b0, b1 = x0.index_select(0, xs), x1.index_select(0, xs)
+    src, slot = _unique_slots(torch.stack([a0 + b0, a0 + b1, a1 + b0, a1 + b1]), h_in * w_in)
+    table = logits.reshape(C, -1).index_select(1, src).t().contiguous()
+    rows = [table.index_select(0, slot[t]) for t in range(4)]
+    ty, tx = wy.index_select(0, ys)[:, None], wx.index_select(0, xs)[:, None]
+    val = torch.lerp(torch.lerp(rows[0], rows[1], tx), torch.lerp(rows[2], rows[3], tx), ty)
+    return val.t().max(0).indices
 
 
 def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -262,16 +355,27 @@ def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _areas_boxes(index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel counts ``(n,)`` and COCO ``[x, y, w, h]`` boxes ``(n, 4)`` of the labels 1..n of ``index (H,
-    W)`` (0 = none), from per-(label, row) and per-(label, column) pixel counts (the areas are the
-    row counts summed, which saves a pass over the map)."""
+    W)`` (0 = none), from the map's horizontal runs of one label: a segment map has far fewer runs than
+    pixels, so after one comparison pass everything is counted per run. A run adds its length to its
+    label's area, marks its row, and marks its column span through a difference table (+1 at its first
+    column, −1 after its last, summed along the columns)."""
     H, W = index.shape
     dev = index.device
-    rows = torch.bincount(index.mul(H).add_(torch.arange(H, device=dev, dtype=index.dtype)[:, None]).reshape(-1), minlength=(n + 1) * H)
-    cols = torch.bincount(index.mul(W).add_(torch.arange(W, device=dev, dtype=index.dtype)[None, :]).reshape(-1), minlength=(n + 1) * W)
-    rows = rows.reshape(n + 1, H)[1:]
-    areas = rows.sum(1)
-    rows = rows > 0
-    cols = cols.reshape(n + 1, W)[1:] > 0
+    start = torch.ones((H, W), dtype=torch.bool, device=dev)
+    torch.ne(index[:, 1:], index[:, :-1], out=start[:, 1:])
+    p = torch.nonzero(start.reshape(-1)).squeeze(1)
+    # Every row starts a run, so a run ends where the next one (in raster order) starts.
+    length = torch.diff(p, append=torch.tensor([H * W], device=dev))
+    lab = index.reshape(-1).index_select(0, p).long()
+    row = p // W
+    c0 = p - row * W
+    areas = torch.zeros(n + 1, dtype=torch.long, device=dev).index_add_(0, lab, length)[1:]
+    rows = torch.bincount(lab * H + row, minlength=(n + 1) * H).reshape(n + 1, H)[1:] > 0
+    edge = torch.zeros((n + 1) * (W + 1), dtype=torch.long, device=dev)
+    at = lab * (W + 1)
+    edge.index_add_(0, at + c0, torch.ones_like(c0))
+    edge.index_add_(0, at + c0 + length, torch.full_like(c0, -1))
+    cols = edge.view(n + 1, W + 1)[1:, :W].cumsum(1) > 0
 
     def span(m: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(L, device=m.device)

@@ -110,7 +110,10 @@ def find_centers(heat: torch.Tensor, threshold: float = 0.2, kernel: int = 7, to
     # The square max filter is separable: rows, then columns.
     r = kernel // 2
     pooled = _max_filter(_max_filter(heat, r, 1), r, 0)
-    peak = (heat == pooled) & (heat > threshold)
+    # heat == pooled and heat > θ, in one comparison: with pooled raised to the next float above θ, a
+    # pixel equals it exactly when it is its window's max and above θ (pooled ≥ heat always).
+    above = torch.nextafter(torch.tensor(threshold, dtype=heat.dtype), torch.tensor(float("inf"), dtype=heat.dtype))
+    peak = heat == pooled.clamp_(min=above.item())
     flat = torch.nonzero(peak.reshape(-1)).squeeze(1)
     score = heat.reshape(-1)[flat]
     order = torch.sort(score, descending=True, stable=True).indices[:top_k]
@@ -181,10 +184,16 @@ def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk
     cand = dmin <= bound * (1 + 1e-4) + 1e-3
     count = cand.sum(1)
     M = int(count.max())
-    order = torch.where(cand, torch.arange(K, device=dev), torch.full_like(cand, K, dtype=torch.long))
-    table = torch.sort(order, dim=1).values[:, :M]
-    iy = ((ty - lo[0]) / size).long().clamp_(0, gy - 1)
-    ix = ((tx - lo[1]) / size).long().clamp_(0, gx - 1)
+    # Each cell's candidates in index order, padded with K: candidate j goes to column (its rank in
+    # the row); non-candidates all go to a spare last column that is cut off (no sort needed).
+    col = torch.where(cand, cand.cumsum(1).sub_(1), M)
+    table = torch.full((gy * gx, M + 1), K, dtype=torch.long, device=dev)
+    table.scatter_(1, col, torch.arange(K, device=dev).expand(gy * gx, K))
+    table = table[:, :M]
+    # Targets are ≥ lo, so truncation is the floor and only the far edge needs clamping; int32 cell
+    # numbers are cheaper to build and serve as indices as well.
+    iy = ((ty - lo[0]) / size).to(torch.int32).clamp_(max=gy - 1)
+    ix = ((tx - lo[1]) / size).to(torch.int32).clamp_(max=gx - 1)
     cell = iy.mul_(gx).add_(ix)
     # Every cell has a candidate (the center with the smallest far distance), listed first.
     out = table[:, 0].contiguous().index_select(0, cell)
@@ -215,7 +224,7 @@ def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk
         c = cell.index_select(0, idx)
         d = cy.index_select(0, c).sub_(ty.index_select(0, idx)[:, None]).square_()
         d.add_(cx.index_select(0, c).sub_(tx.index_select(0, idx)[:, None]).square_())
-        out.index_copy_(0, idx, flat_table.index_select(0, c.mul_(M).add_(d.argmin(1))))
+        out.index_copy_(0, idx, flat_table.index_select(0, c.long().mul_(M).add_(d.argmin(1))))
     return out
 
 
@@ -312,16 +321,19 @@ def group_foreground(
     if yx.shape[0] == 0 or flat.numel() == 0:
         return flat, torch.full_like(flat, -1), yx, score
     dt = center_offset.dtype
-    py, px = flat // W, flat % W
+    py = flat // W
+    px = flat - py * W
     yf, xf = py.to(dt), px.to(dt)
-    off = center_offset.reshape(2, -1).index_select(1, flat)  # index_select: far faster than fancy indexing on the CPU
-    ty, tx = off[0].add_(yf), off[1].add_(xf)
+    # 1-D index_select per channel: far faster than fancy indexing, and than index_select along the
+    # second axis of (C, H·W), on the CPU.
+    co = center_offset.reshape(2, -1)
+    ty, tx = co[0].index_select(0, flat).add_(yf), co[1].index_select(0, flat).add_(xf)
     pbox = cbox = None
     if box_offset is not None:
         bo = box_offset.reshape(4, -1)
-        o = bo.index_select(1, flat).clamp_(min=0)
+        o = [bo[i].index_select(0, flat).clamp_(min=0) for i in range(4)]
         # The arithmetic of boxes_from_offsets, one coordinate row at a time.
-        pbox = torch.empty_like(o)
+        pbox = torch.empty((4, flat.numel()), dtype=dt, device=flat.device)
         torch.sub(yf, o[0], out=pbox[0])
         torch.add(yf, o[1], out=pbox[1]).add_(1)
         torch.sub(xf, o[2], out=pbox[2])

@@ -243,3 +243,72 @@ def test_no_centers_gives_stuff_only():
         exp[12:] = 7000
         np.testing.assert_array_equal(pan, exp)
         assert [(s.id, s.area, s.bbox) for s in segs] == [(7000, 96, (0, 12, 24, 4)), (9000, 288, (0, 0, 24, 12))]
+
+
+def test_first_argmax_keeps_the_first_of_tied_maxima():
+    from prn_model.merge import _first_argmax
+
+    # 20 classes (grouped in fours), 3 pixels: classes 9 and 14 tie at the max of pixel 0, so 9; pixel 1
+    # has its max in the last, short group (class 19); pixel 2 ties across every class, so 0.
+    x = torch.zeros(20, 1, 3)
+    x[9, 0, 0] = x[14, 0, 0] = 2.0
+    x[19, 0, 1] = 1.5
+    assert _first_argmax(x).tolist() == [[9, 19, 0]]
+    torch.manual_seed(0)
+    for C in (3, 16, 17, 19, 133):
+        y = torch.randint(0, 4, (C, 7, 9)).float()  # many ties
+        assert torch.equal(_first_argmax(y), y.max(0).indices)
+    y[5, 2, 3] = float("nan")  # NaN: the plain max reduction's answer
+    assert torch.equal(_first_argmax(y), y.max(0).indices)
+
+
+def test_unique_slots_lists_distinct_values_and_positions():
+    from prn_model.merge import _unique_slots
+
+    uniq, pos = _unique_slots(torch.tensor([[5, 2], [5, 7]]), 10)
+    assert uniq.tolist() == [2, 5, 7]
+    assert pos.tolist() == [[1, 0], [1, 2]]
+
+
+def test_bilinear_labels_where_a_third_class_wins_between_two_taps():
+    # Source 1×2: class 0 wins the left pixel, class 1 the right one, class 2 is second at both (0.9).
+    # Output columns 2–5 sit at source x = 0.125, 0.375, 0.625, 0.875, where classes 0 and 1 interpolate
+    # to (0.875, 0.125), (0.625, 0.375), …: never above class 2's 0.9, which neither tap names as its
+    # argmax. Columns 0, 1 and 6, 7 clamp to a source pixel.
+    logits = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.9, 0.9]]])
+    lab = argmax_upsampled(logits, (4, 8))
+    assert lab.tolist() == [[0, 0, 2, 2, 2, 2, 1, 1]] * 4
+
+
+def test_thing_argmax_at_pixels_equals_interpolate_then_argmax():
+    from prn_model.merge import _thing_argmax_at
+
+    torch.manual_seed(1)
+    logits = torch.randint(0, 3, (9, 6, 7)).float()  # ties between channels are common
+    full = F.interpolate(logits[None], size=(24, 28), mode="bilinear", align_corners=False)[0].argmax(0)
+    ys = torch.tensor([0, 0, 1, 5, 5, 6, 23, 12, 13])  # several pixels of one 4×4 patch share their taps
+    xs = torch.tensor([0, 27, 1, 9, 10, 9, 27, 14, 14])
+    assert torch.equal(_thing_argmax_at(logits, (24, 28), ys, xs, "bilinear"), full[ys, xs])
+
+
+def test_areas_and_boxes_from_runs():
+    from prn_model.merge import _areas_boxes
+
+    # Label 1: an L of 4 px over rows 0–2, cols 0–1; label 2: two separate runs (row 0 col 3, row 2
+    # cols 2–3); label 3 is absent; 0 is no segment.
+    index = torch.tensor([[1, 0, 0, 2], [1, 0, 0, 0], [1, 1, 2, 2]], dtype=torch.int32)
+    areas, boxes = _areas_boxes(index, 3)
+    assert areas.tolist() == [4, 3, 0]
+    assert boxes[:2].tolist() == [[0, 0, 2, 3], [2, 0, 2, 3]]  # COCO [x, y, w, h]
+
+
+def test_block_pixels_lists_each_blocks_output_pixels():
+    from prn_model.merge import _block_pixels
+
+    # 2×3 source; output rows 0–1 read source row 0, rows 2–4 row 1; output columns 0, 1–2, 3 read
+    # source columns 0, 1, 2. Block 1 (row 0, col 1) covers rows 0–1 × cols 1–2; block 5 (row 1,
+    # col 2) rows 2–4 × col 3.
+    y0, x0 = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 1, 1, 2])
+    py, px, pb = _block_pixels(torch.tensor([1, 5]), y0, x0, 2, 3)
+    assert list(zip(py.tolist(), px.tolist(), pb.tolist())) == [
+        (0, 1, 0), (0, 2, 0), (1, 1, 0), (1, 2, 0), (2, 3, 1), (3, 3, 1), (4, 3, 1)]

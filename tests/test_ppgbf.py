@@ -219,3 +219,14 @@ def test_group_foreground_lists_the_mask_pixels_and_their_centers():
     assert flat.tolist() == torch.nonzero(mask.reshape(-1)).squeeze(1).tolist()
     expected = [0] * 9 + [1] * 9 + [-1]
     assert k.tolist() == expected
+
+
+def test_center_threshold_is_strict_at_the_float32_threshold():
+    # Peaks at exactly float32(0.2), the next float above it, and 0.9: the first is not above θ.
+    heat = torch.zeros(9, 20)
+    t = torch.tensor(0.2)
+    heat[4, 2] = t
+    heat[4, 9] = torch.nextafter(t, torch.tensor(1.0))
+    heat[4, 16] = 0.9
+    yx, _ = find_centers(heat, threshold=0.2, kernel=3)
+    assert yx.tolist() == [[4, 16], [4, 9]]
