@@ -19,6 +19,10 @@ module's coordinate map and every encoder block, "decoder" covers every decoder 
 the instance branches; ``foreground`` ∈ {branch, semantic} — "semantic" derives the foreground logit from the
 semantic logits as logsumexp(thing logits) − logsumexp(stuff logits), upsampled ×4; ``box_offsets`` off
 drops the 4 box channels (the output then has no ``box_offset`` key and the loss skips that term).
+
+``residual`` (this project's addition, not in the paper; off by default): the §3.4 heads are unchanged but
+their outputs become corrections added to the base network's own maps, and each head's last conv starts at
+zero, so an untrained PRN reproduces its inputs exactly and training only has to learn the refinement.
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ class PRNConfig:
     offset channels of the instance input and multiplies the offset branch's output, so the network works
     with values of order 1 while its inputs and outputs are in pixels; ``image_mean`` / ``image_std`` (0..255
     units) normalise the RGB input; ``norm`` "batch" or "group" (GroupNorm for tiny batches);
-    ``thing_ids`` the train ids of thing classes (needed when ``foreground == "semantic"``).
+    ``thing_ids`` the train ids of thing classes (needed when ``foreground == "semantic"``; ``residual``
+    uses them for the base's thing probability). ``residual`` (not in the paper) makes the heads predict
+    corrections to the base inputs, see :meth:`PRN.residual_base`.
     """
 
     num_classes: int
@@ -77,6 +83,7 @@ class PRNConfig:
     image_std: tuple[float, float, float] = IMAGENET_STD
     norm: str = "batch"
     thing_ids: tuple[int, ...] = ()
+    residual: bool = False
 
     def __post_init__(self) -> None:
         # Lists come back from YAML/JSON; the dataclass is frozen, so normalise through object.__setattr__.
@@ -259,7 +266,11 @@ class PRN(nn.Module):
         heads = [self.semantic_head, self.center_head, self.offset_head, self.foreground_head]
         for head in heads:
             if head is not None:
-                nn.init.normal_(head[1].weight, std=1e-3)
+                if self.cfg.residual:
+                    # Exactly zero: the untrained residual PRN outputs the base's maps unchanged.
+                    nn.init.zeros_(head[1].weight)
+                else:
+                    nn.init.normal_(head[1].weight, std=1e-3)
 
     def check_inputs(self, image: torch.Tensor, instance: torch.Tensor, semantic: torch.Tensor) -> None:
         """Raise :class:`ModelInputError` naming the tensor and the problem."""
@@ -289,10 +300,36 @@ class PRN(nn.Module):
             out["box_offset"] = offsets[:, 2:]
         if self.foreground_head is not None:
             out["foreground"] = self.foreground_head(up)
-        else:
-            fg = semantic_foreground_logit(sem, self.thing_index, self.stuff_index)
+        if self.cfg.residual:
+            base = self.residual_base(instance, semantic)
+            for key in list(out):
+                out[key] = out[key] + base[key]
+        if self.foreground_head is None:
+            # Derived after the residual sum, so it follows the refined semantic logits.
+            fg = semantic_foreground_logit(out["semantic"], self.thing_index, self.stuff_index)
             out["foreground"] = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False)
         return out
+
+    def residual_base(self, instance: torch.Tensor, semantic: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The base network's maps in PRN's output units, to which ``residual`` heads add corrections
+        (project addition, not in the paper): ``semantic`` log(max(p, 1e-4)) (B,N_cl,H/4,W/4); ``center``
+        the instance heatmap (B,1,H,W); ``center_offset`` / ``box_offset`` instance channels 1–2 / 3–6 in
+        pixels; ``foreground`` (B,1,H,W) the logit of P(thing) = Σ thing-class probabilities, upsampled ×4
+        bilinearly and clamped to [1e-4, 1 − 1e-4]. All float32."""
+        h, w = instance.shape[-2:]
+        semantic, instance = semantic.float(), instance.float()
+        base = {
+            "semantic": torch.log(semantic.clamp_min(1e-4)),
+            "center": instance[:, :1],
+            "center_offset": instance[:, 1:3],
+        }
+        if self.cfg.box_offsets:
+            base["box_offset"] = instance[:, 3:7]
+        if self.foreground_head is not None:
+            thing = semantic.index_select(1, self.thing_index).sum(1, keepdim=True)
+            thing = F.interpolate(thing, size=(h, w), mode="bilinear", align_corners=False)
+            base["foreground"] = torch.logit(thing.clamp(1e-4, 1 - 1e-4))
+        return base
 
 
 def semantic_foreground_logit(

@@ -297,3 +297,48 @@ def test_torch_compile_matches_eager_fp32():
     with torch.no_grad():
         out = compiled(*x)
     assert _max_rel_err(out, ref) < 1e-4
+
+
+def test_untrained_residual_prn_outputs_exactly_the_transformed_base_maps():
+    torch.manual_seed(0)
+    model = PRN(tiny(thing_ids=(0, 1), residual=True)).eval()
+    image, instance, _ = inputs(2, 32, 64, 5)
+    # Spatially constant probabilities, so the ×4 bilinear upsampling of P(thing) is exact by hand.
+    probs = torch.tensor([0.5, 0.2, 0.0, 0.3, 0.0])
+    semantic = probs.view(1, 5, 1, 1).expand(2, 5, 8, 16).contiguous()
+    with torch.no_grad():
+        out = model(image, instance, semantic)
+    want_sem = torch.log(torch.tensor([0.5, 0.2, 1e-4, 0.3, 1e-4])).view(1, 5, 1, 1).expand(2, 5, 8, 16)
+    assert torch.equal(out["semantic"], want_sem)
+    assert torch.equal(out["center"], instance[:, :1])
+    assert torch.equal(out["center_offset"], instance[:, 1:3])
+    assert torch.equal(out["box_offset"], instance[:, 3:7])
+    # P(thing) = 0.5 + 0.2 = 0.7 → logit log(0.7 / 0.3) = 0.8473 everywhere.
+    torch.testing.assert_close(out["foreground"], torch.full((2, 1, 32, 64), 0.8472979), atol=1e-6, rtol=0)
+
+
+def test_residual_foreground_logit_is_clamped():
+    model = PRN(tiny(thing_ids=(4,), residual=True)).eval()
+    image, instance, _ = inputs(1, 32, 32, 5)
+    semantic = torch.zeros(1, 5, 8, 8)
+    semantic[:, 0] = 1.0  # P(thing) = 0 → clamped to 1e-4
+    with torch.no_grad():
+        fg = model(image, instance, semantic)["foreground"]
+    torch.testing.assert_close(fg, torch.full_like(fg, -9.2102404), atol=1e-5, rtol=0)  # logit(1e-4)
+
+
+def test_residual_prn_gets_a_gradient_everywhere_after_one_step():
+    torch.manual_seed(0)
+    model = PRN(tiny(thing_ids=(0, 1), residual=True))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, batch = inputs(2, 32, 64, 5), batch_for(2, 32, 64, 5)
+    prn_loss(model(*x), batch)[0].backward()
+    # Zero-initialised predictors block the gradient to everything below them on the very first step ...
+    assert not torch.count_nonzero(model.center_head[0][0].weight.grad)
+    assert torch.count_nonzero(model.center_head[1].weight.grad)
+    opt.step()
+    opt.zero_grad()
+    prn_loss(model(*x), batch)[0].backward()
+    # ... and once they have moved, every parameter learns.
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.count_nonzero(p.grad)]
+    assert no_grad == []
