@@ -27,6 +27,8 @@ zero, so an untrained PRN reproduces its inputs exactly and training only has to
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -314,8 +316,10 @@ class PRN(nn.Module):
         """The base network's maps in PRN's output units, to which ``residual`` heads add corrections
         (project addition, not in the paper): ``semantic`` log(max(p, 1e-4)) (B,N_cl,H/4,W/4); ``center``
         the instance heatmap (B,1,H,W); ``center_offset`` / ``box_offset`` instance channels 1–2 / 3–6 in
-        pixels; ``foreground`` (B,1,H,W) the logit of P(thing) = Σ thing-class probabilities, upsampled ×4
-        bilinearly and clamped to [1e-4, 1 − 1e-4]. All float32."""
+        pixels; ``foreground`` (B,1,H,W) ±logit(1 − 1e-4) = ±9.21 where the base's box offsets are (not) set,
+        i.e. on the base's own full-resolution instance masks. (The base's thing probability at 1/4, upsampled,
+        was the first choice; its blocky edges cost 7 PQ on the demo's val set before any training: PPGBF on
+        the untrained model's maps gave PQ 78.6 with it and 85.7 with this mask.) All float32."""
         h, w = instance.shape[-2:]
         semantic, instance = semantic.float(), instance.float()
         base = {
@@ -326,9 +330,9 @@ class PRN(nn.Module):
         if self.cfg.box_offsets:
             base["box_offset"] = instance[:, 3:7]
         if self.foreground_head is not None:
-            thing = semantic.index_select(1, self.thing_index).sum(1, keepdim=True)
-            thing = F.interpolate(thing, size=(h, w), mode="bilinear", align_corners=False)
-            base["foreground"] = torch.logit(thing.clamp(1e-4, 1 - 1e-4))
+            on = instance[:, 3:7].abs().sum(1, keepdim=True) > 0
+            sure = math.log((1 - 1e-4) / 1e-4)
+            base["foreground"] = torch.where(on, sure, -sure).to(torch.float32)
         return base
 
 

@@ -303,6 +303,7 @@ def test_untrained_residual_prn_outputs_exactly_the_transformed_base_maps():
     torch.manual_seed(0)
     model = PRN(tiny(thing_ids=(0, 1), residual=True)).eval()
     image, instance, _ = inputs(2, 32, 64, 5)
+    instance[:, 3:7, :, :20] = 0  # no base instance on the left
     # Spatially constant probabilities, so the ×4 bilinear upsampling of P(thing) is exact by hand.
     probs = torch.tensor([0.5, 0.2, 0.0, 0.3, 0.0])
     semantic = probs.view(1, 5, 1, 1).expand(2, 5, 8, 16).contiguous()
@@ -313,15 +314,16 @@ def test_untrained_residual_prn_outputs_exactly_the_transformed_base_maps():
     assert torch.equal(out["center"], instance[:, :1])
     assert torch.equal(out["center_offset"], instance[:, 1:3])
     assert torch.equal(out["box_offset"], instance[:, 3:7])
-    # P(thing) = 0.5 + 0.2 = 0.7 → logit log(0.7 / 0.3) = 0.8473 everywhere.
-    torch.testing.assert_close(out["foreground"], torch.full((2, 1, 32, 64), 0.8472979), atol=1e-6, rtol=0)
+    # Foreground prior: +logit(1 − 1e-4) where any box offset is set (the base's instance pixels), else −.
+    on = instance[:, 3:7].abs().sum(1, keepdim=True) > 0
+    assert on.any() and (~on).any()
+    torch.testing.assert_close(out["foreground"], torch.where(on, 9.2102404, -9.2102404), atol=1e-5, rtol=0)
 
 
-def test_residual_foreground_logit_is_clamped():
+def test_residual_foreground_prior_is_off_without_base_instances():
     model = PRN(tiny(thing_ids=(4,), residual=True)).eval()
-    image, instance, _ = inputs(1, 32, 32, 5)
-    semantic = torch.zeros(1, 5, 8, 8)
-    semantic[:, 0] = 1.0  # P(thing) = 0 → clamped to 1e-4
+    image, instance, semantic = inputs(1, 32, 32, 5)
+    instance[:, 3:7] = 0  # the base predicted no instance here
     with torch.no_grad():
         fg = model(image, instance, semantic)["foreground"]
     torch.testing.assert_close(fg, torch.full_like(fg, -9.2102404), atol=1e-5, rtol=0)  # logit(1e-4)
