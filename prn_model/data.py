@@ -43,25 +43,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prn_data.errors import StoreError
 
-from .augment import AugmentConfig, augment, gridmask, hflip
+from .augment import FULL_RES_KEYS, QUARTER_RES_KEYS, AugmentConfig, augment, gridmask, hflip
 
-BATCH_KEYS = (
-    "image",
-    "instance",
-    "base_semantic",
-    "semantic",
-    "center",
-    "center_offset",
-    "box_offset",
-    "foreground",
-    "semantic_weight",
-    "center_weight",
-    "offset_weight",
-    "foreground_weight",
-    "valid",
-    "size",
-    "index",
-)
+# The Batch fields: the maps augment.py transforms (full and quarter resolution), then per-sample scalars.
+BATCH_KEYS = FULL_RES_KEYS[:2] + QUARTER_RES_KEYS + FULL_RES_KEYS[2:] + ("size", "index")
 _FLOAT_KEYS = ("image", "instance", "base_semantic", "center", "center_offset", "box_offset")
 _WEIGHT_KEYS = ("semantic_weight", "center_weight", "offset_weight", "foreground_weight")
 # Store array paths (issue 3) read for training; everything else in a sample is left on disk.
