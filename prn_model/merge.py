@@ -74,7 +74,8 @@ def _argmax_upsampled(
         y0, wy = y0[: crop[0]], wy[: crop[0]]
         x0, wx = x0[: crop[1]], wx[: crop[1]]
     W = x0.numel()
-    low = _first_argmax(logits).to(torch.int32)
+    low, runner_up = _first_argmax_runner_up(logits)
+    low = low.to(torch.int32)
     i1, j1 = _next(h_in, dev), _next(w_in, dev)
     below = low.index_select(0, i1)
     agree = (low == low.index_select(1, j1)) & (low == below) & (low == below.index_select(1, j1))
@@ -95,10 +96,11 @@ def _argmax_upsampled(
         return out
     pix = py * W + px
     taps = _block_taps(blocks, i1, j1, w_in)
-    # Neighbouring blocks share taps: gather each source pixel's class vector once.
-    src, tap_slot = _unique_slots(taps, h_in * w_in)
-    tap_logits = logits.reshape(C, -1).index_select(1, src)
-    lab = _resolve_blocks(tap_logits, low.reshape(-1).index_select(0, src), tap_slot, pb, wy.index_select(0, py)[None], wx.index_select(0, px)[None], chunk)
+
+    def at_taps(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1).index_select(0, taps.view(-1)).view(taps.shape)
+
+    lab = _resolve_blocks(logits.reshape(C, -1), taps, at_taps(low), at_taps(runner_up), pb, wy.index_select(0, py)[None], wx.index_select(0, px)[None], chunk)
     out.view(-1).index_copy_(0, pix, lab.to(torch.int32))
     return out
 
@@ -110,10 +112,24 @@ def _first_argmax(x: torch.Tensor) -> torch.Tensor:
     √C; the group maxima give the overall max, the first group reaching it is found by a short chain of
     comparisons, and within it the first class reaching it likewise. Exact (ties keep the lowest
     index); with a NaN present it falls back to ``max``."""
+    return _first_argmax_runner_up(x, runner_up=False)[0]
+
+
+def _first_argmax_runner_up(x: torch.Tensor, runner_up: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_first_argmax` of ``x (C, ...)`` and, with ``runner_up``, the best value of any other class
+    (the max over all classes but the argmax; −inf for one class), both of shape ``x.shape[1:]``. From
+    the group maxima and the argmax's own group, already at hand, this costs a few passes over
+    ``(√C, ...)`` rather than one over ``(C, ...)``."""
     C = x.shape[0]
-    if C < 16:
-        return x.max(0).indices
     flat = x.reshape(C, -1)
+
+    def fallback() -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = flat.max(0).indices
+        second = flat.scatter(0, idx[None], float("-inf")).amax(0).view(x.shape[1:]) if runner_up else None
+        return idx.view(x.shape[1:]), second
+
+    if C < 16:
+        return fallback()
     n, dev = flat.shape[1], x.device
     g = math.isqrt(C)
     G = C // g
@@ -122,18 +138,25 @@ def _first_argmax(x: torch.Tensor) -> torch.Tensor:
         gm = torch.cat([gm, flat[G * g :].amax(0, keepdim=True)])
     m = gm.amax(0)
     if bool(torch.isnan(m).any()):
-        return x.max(0).indices
+        return fallback()
     # Walking backwards leaves the first match.
     grp = torch.full((n,), gm.shape[0] - 1, dtype=torch.long, device=dev)
     for j in range(gm.shape[0] - 2, -1, -1):
         grp.masked_fill_(gm[j] == m, j)
-    base = grp.mul_(g)
     # The last group may be short: its missing rows repeat class C − 1, after its real position.
-    vals = flat.gather(0, (base[None] + torch.arange(g, device=dev)[:, None]).clamp_(max=C - 1))
+    rows = (grp[None] * g + torch.arange(g, device=dev)[:, None]).clamp_(max=C - 1)
+    vals = flat.gather(0, rows)
     k = torch.full((n,), g - 1, dtype=torch.long, device=dev)
     for j in range(g - 2, -1, -1):
         k.masked_fill_(vals[j] == m, j)
-    return base.add_(k).view(x.shape[1:])
+    idx = rows[0] + k
+    second = None
+    if runner_up:
+        # The other groups' maxima and the own group's rows of other classes (a repeat of class
+        # C − 1 is that class).
+        others = gm.scatter_(0, grp[None], float("-inf")).amax(0)
+        second = torch.maximum(others, vals.masked_fill_(rows == idx, float("-inf")).amax(0)).view(x.shape[1:])
+    return idx.view(x.shape[1:]), second
 
 
 def _block_pixels(blocks: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h_in: int, w_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,9 +208,10 @@ def _unique_slots(index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _resolve_blocks(
-    tap_logits: torch.Tensor,
+    logits: torch.Tensor,
+    taps: torch.Tensor,
     tap_cls: torch.Tensor,
-    tap_slot: torch.Tensor,
+    tap_runner_up: torch.Tensor,
     pb: torch.Tensor,
     ty: torch.Tensor,
     tx: torch.Tensor,
@@ -195,39 +219,32 @@ def _resolve_blocks(
 ) -> torch.Tensor:
     """Exact argmax of the bilinear interpolation at pixels of 2×2 source blocks, ``(n,) int64``.
 
-    ``tap_logits (C, u)``: the logits of the distinct source pixels the blocks read; ``tap_cls (u,)``:
-    their argmax; ``tap_slot (4, n_b)``: each block's taps (top-left, top-right, bottom-left,
-    bottom-right, as :func:`_block_taps`) as columns of ``tap_logits``; ``pb (n,)``: each pixel's block;
-    ``ty, tx (1, n)``: its interpolation weights. An interpolated logit never exceeds its largest tap
-    value, so when the best of the (≤ 4) tap-argmax classes, interpolated exactly, beats every other
-    class's value at every tap, no other class can win. As that bound each tap's runner-up logit (the
-    best class but its own argmax) is used: it is at least the best logit of any non-candidate class
-    there, so the test stays sound while needing one reduction per source pixel instead of one per
-    block and class. The remaining pixels are interpolated over all classes, ``chunk`` values at a
-    time. Every interpolation is the same lerp sequence, so a winner is bit-for-bit the full
-    interpolation's argmax."""
-    C, u = tap_logits.shape
-    nb = tap_slot.shape[1]
-    cls = tap_cls.index_select(0, tap_slot.reshape(-1)).view(4, nb)
+    ``logits (C, h'·w')``: the source logits; ``taps (4, n_b)``: each block's source pixels (top-left,
+    top-right, bottom-left, bottom-right, as :func:`_block_taps`); ``tap_cls, tap_runner_up (4, n_b)``:
+    their argmax and the best logit of any other class there (:func:`_first_argmax_runner_up`); ``pb
+    (n,)``: each pixel's block; ``ty, tx (1, n)``: its interpolation weights. An interpolated logit never
+    exceeds its largest tap value, so when the best of the (≤ 4) tap-argmax classes, interpolated
+    exactly, beats every other class's value at every tap, no other class can win. As that bound each
+    tap's runner-up logit is used: it is at least the best logit of any non-candidate class there, so
+    the test stays sound while reading no class vectors. The remaining pixels are interpolated
+    over all classes, ``chunk`` values at a time. Every interpolation is the same lerp sequence, so a
+    winner is bit-for-bit the full interpolation's argmax."""
+    C, hw = logits.shape
+    nb = taps.shape[1]
     # The value of candidate k at tap t: one flat gather, (4, n_b) per tap.
-    kcol = cls.long() * u
-    flat = tap_logits.reshape(-1)
-    v = [flat.index_select(0, (kcol + tap_slot[t]).view(-1)).view(4, nb) for t in range(4)]
+    kcol = tap_cls.long() * hw
+    flat = logits.reshape(-1)
+    v = [flat.index_select(0, (kcol + taps[t]).view(-1)).view(4, nb) for t in range(4)]
     vp = [x.index_select(1, pb) for x in v]
     val = torch.lerp(torch.lerp(vp[0], vp[1], tx), torch.lerp(vp[2], vp[3], tx), ty)
     # Reductions over an axis of 4 are slow on the CPU; elementwise chains over the 4 rows are not.
     best = torch.maximum(torch.maximum(val[0], val[1]), torch.maximum(val[2], val[3]))
-    cp = cls.index_select(1, pb)
+    cp = tap_cls.index_select(1, pb)
     # argmax's rule on exact ties: the lowest class index.
     winner = torch.where(val[0] == best, cp[0], C)
     for t in range(1, 4):
         winner = torch.minimum(winner, torch.where(val[t] == best, cp[t], C))
-    # Runner-up: blank each pixel's own argmax, reduce, then put the blanked values back (no copy).
-    own_cls = tap_cls.long()[None]
-    own = tap_logits.gather(0, own_cls)
-    runner_up = tap_logits.scatter_(0, own_cls, float("-inf")).amax(0)
-    tap_logits.scatter_(0, own_cls, own)
-    r = runner_up.index_select(0, tap_slot.reshape(-1)).view(4, nb)
+    r = tap_runner_up
     bound = torch.maximum(torch.maximum(r[0], r[1]), torch.maximum(r[2], r[3])).index_select(0, pb)
     rest = torch.nonzero(best <= bound).squeeze(1)
     out = winner.long()
@@ -235,7 +252,7 @@ def _resolve_blocks(
     for s in range(0, rest.numel(), step):
         r = rest[s : s + step]
         b = pb.index_select(0, r)
-        v = [tap_logits.index_select(1, tap_slot[t].index_select(0, b)) for t in range(4)]
+        v = [logits.index_select(1, taps[t].index_select(0, b)) for t in range(4)]
         rx, ry = tx[:, r], ty[:, r]
         val = torch.lerp(torch.lerp(v[0], v[1], rx), torch.lerp(v[2], v[3], rx), ry)
         out.index_copy_(0, r, val.max(0).indices)
@@ -450,20 +467,32 @@ def merge_image(
     # Everything about instances works on the list of masked pixels (``flat``, center ``k``, −1 for
     # none), never on a full-size map.
     plabel = label_flat.index_select(0, flat)
-    kept_px = flat[:0]
-    kept_label = plabel[:0]
-    kept_id = torch.zeros(0, dtype=torch.int32, device=dev)
+    pid = torch.zeros_like(plabel)  # each masked pixel's kept instance (1..n_inst), 0 for none
     if K and T and flat.numel():
         k1 = k + 1  # 0: no instance
         # Where the overall argmax is a thing class it is also the argmax over the thing classes; only
-        # instance pixels labelled stuff need the thing channels, interpolated at those pixels alone.
+        # instance pixels labelled stuff need the thing channels. Those are counted first as votes for
+        # thing 0 (the stuff classes' thing_index; the right vote when there is one thing class), so
+        # the row sums are the instance areas.
         thing_label = tables.thing_index.index_select(0, plabel)
         need = torch.nonzero((k1 > 0) & ~tables.thing.index_select(0, plabel)).squeeze(1)
-        if need.numel():
-            p = flat.index_select(0, need)
-            thing_label.index_copy_(0, need, _thing_argmax_at(tables.thing_logits(sem), (H, W), p // w, p % w, cfg.semantic_upsample))
-        votes = torch.bincount(k1 * T + thing_label, minlength=(K + 1) * T).reshape(K + 1, T)[1:]
-        area = votes.sum(1)
+        votes = torch.bincount(k1 * T + thing_label, minlength=(K + 1) * T).reshape(K + 1, T)
+        area = votes[1:].sum(1)
+        if need.numel() and T > 1:
+            # Take those votes back. An instance whose leading class is ahead of every other by more
+            # than its number of such pixels keeps that class as its strict maximum however they
+            # vote, so only the other instances' pixels are interpolated (at those pixels alone).
+            k_need = k1.index_select(0, need)
+            n_need = torch.bincount(k_need, minlength=K + 1)
+            votes[:, 0] -= n_need
+            top = votes.topk(2, dim=1).values
+            undecided = top[:, 0] - top[:, 1] <= n_need
+            need = need.index_select(0, torch.nonzero(undecided.index_select(0, k_need)).squeeze(1))
+            if need.numel():
+                p = flat.index_select(0, need)
+                tl = _thing_argmax_at(tables.thing_logits(sem), (H, W), p // w, p % w, cfg.semantic_upsample)
+                votes.view(-1).index_add_(0, k1.index_select(0, need) * T + tl, torch.ones_like(tl))
+        votes = votes[1:]
         keep = (area > 0) & (area >= cfg.min_instance_area)
         n_inst = int(keep.sum())
         # Renumber kept instances 1..n in score order; dropped ones (and "none") go to 0.
@@ -472,18 +501,20 @@ def merge_image(
         inst_cls = tables.thing_ids[votes.argmax(1)][keep]
         inst_score = score[keep]
         pid = renum.index_select(0, k1)
-        on = torch.nonzero(pid).squeeze(1)
-        kept_px, kept_label, kept_id = flat.index_select(0, on), plabel.index_select(0, on), pid.index_select(0, on)
     # Stuff: the semantic argmax where no kept instance is, when it names a stuff class with enough
-    # pixels; its area is the class's count over the image less its count under kept instances.
-    stuff_area = torch.bincount(label_flat, minlength=n_cl) - torch.bincount(kept_label, minlength=n_cl)
+    # pixels; its area is the class's count over the image less its count under kept instances
+    # (counted with the masked pixels' (label, kept) pairs, so no list of kept pixels is made).
+    kept = pid > 0
+    under = torch.bincount(plabel * 2 + kept, minlength=2 * n_cl).view(n_cl, 2)[:, 1]
+    stuff_area = torch.bincount(label_flat, minlength=n_cl) - under
     stuff_ok = (stuff_area >= max(cfg.stuff_area, 1)) & ~tables.thing
     stuff_classes = torch.nonzero(stuff_ok).squeeze(1)
     # One compact segment index per pixel: 1..n_inst instances, then one per surviving stuff class.
     stuff_slot = torch.zeros(n_cl, dtype=torch.int32, device=dev)
     stuff_slot[stuff_classes] = torch.arange(n_inst + 1, n_inst + 1 + stuff_classes.numel(), device=dev, dtype=torch.int32)
     index = _lookup(stuff_slot, label)
-    index.view(-1).index_copy_(0, kept_px, kept_id)
+    # Masked pixels outside kept instances are rewritten with the stuff index they already hold.
+    index.view(-1).index_copy_(0, flat, torch.where(kept, pid, stuff_slot.index_select(0, plabel)))
     n_seg = n_inst + stuff_classes.numel()
 
     seg_ids: list[int] = []

@@ -107,18 +107,28 @@ def find_centers(heat: torch.Tensor, threshold: float = 0.2, kernel: int = 7, to
 
     Returns ``(yx (K, 2) int64, score (K,) float)``, K ≤ ``top_k``, highest score first (ties in raster
     order)."""
-    # The square max filter is separable: rows, then columns.
+    H, W = heat.shape
     r = kernel // 2
-    pooled = _max_filter(_max_filter(heat, r, 1), r, 0)
-    # heat == pooled and heat > θ, in one comparison: with pooled raised to the next float above θ, a
-    # pixel equals it exactly when it is its window's max and above θ (pooled ≥ heat always).
+    # heat == window max and heat > θ, in one comparison: with the max raised to the next float above
+    # θ, a pixel equals it exactly when it is its window's max and above θ (the max ≥ heat always).
     above = torch.nextafter(torch.tensor(threshold, dtype=heat.dtype), torch.tensor(float("inf"), dtype=heat.dtype))
-    peak = heat == pooled.clamp_(min=above.item())
-    flat = torch.nonzero(peak.reshape(-1)).squeeze(1)
-    score = heat.reshape(-1)[flat]
+    # The square max filter is separable: rows, then columns. As heat ≤ row max ≤ window max, only
+    # the (few) pixels equal to their row max can be peaks; those take the max over their column
+    # window by 2·r gathers instead of a column pass over the whole image. Rows outside the image are
+    # clamped to the edge row, which lies inside the window, so the max is unchanged.
+    rows = _max_filter(heat, r, 1).clamp_(min=above.item())
+    cand = torch.nonzero((heat == rows).reshape(-1)).squeeze(1)
+    y = cand // W
+    x = cand - y * W
+    row_max = rows.reshape(-1)
+    window_max = row_max.index_select(0, cand)
+    for dy in [d for i in range(1, r + 1) for d in (-i, i)]:
+        window_max = torch.maximum(window_max, row_max.index_select(0, (y + dy).clamp_(0, H - 1).mul_(W).add_(x)))
+    score = heat.reshape(-1).index_select(0, cand)
+    peak = torch.nonzero(score == window_max).squeeze(1)
+    flat, score = cand.index_select(0, peak), score.index_select(0, peak)
     order = torch.sort(score, descending=True, stable=True).indices[:top_k]
     flat, score = flat[order], score[order]
-    W = heat.shape[1]
     return torch.stack([flat // W, flat % W], dim=1), score
 
 
@@ -182,14 +192,14 @@ def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk
     bound = dmax.amin(1, keepdim=True)
     # The slack only admits extra candidates, so float rounding cannot exclude the true nearest.
     cand = dmin <= bound * (1 + 1e-4) + 1e-3
-    count = cand.sum(1)
+    # Each cell's candidates in index order, padded with K: nonzero lists the (cell, center) pairs in
+    # row-major order, so a pair's column is its position less its cell's first (no sort needed).
+    cell_of, k_of = torch.nonzero(cand, as_tuple=True)
+    count = torch.bincount(cell_of, minlength=gy * gx)
     M = int(count.max())
-    # Each cell's candidates in index order, padded with K: candidate j goes to column (its rank in
-    # the row); non-candidates all go to a spare last column that is cut off (no sort needed).
-    col = torch.where(cand, cand.cumsum(1).sub_(1), M)
-    table = torch.full((gy * gx, M + 1), K, dtype=torch.long, device=dev)
-    table.scatter_(1, col, torch.arange(K, device=dev).expand(gy * gx, K))
-    table = table[:, :M]
+    col = torch.arange(k_of.numel(), device=dev).sub_((count.cumsum(0) - count).index_select(0, cell_of))
+    table = torch.full((gy * gx * M,), K, dtype=torch.long, device=dev)
+    table = table.index_copy_(0, col.add_(cell_of * M), k_of).view(gy * gx, M)
     # Targets are ≥ lo, so truncation is the floor and only the far edge needs clamping; int32 cell
     # numbers are cheaper to build and serve as indices as well.
     iy = ((ty - lo[0]) / size).to(torch.int32).clamp_(max=gy - 1)
@@ -229,14 +239,23 @@ def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk
 
 
 def _gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
-    """``(n, K)`` bool: IoU(pixel box, center box) > ``iou``, tested as inter·(1 + τ) > τ·(A_p + A_c)
-    so no division is needed."""
-    ih = torch.minimum(pbox[:, 1:2], cbox[None, :, 1]) - torch.maximum(pbox[:, 0:1], cbox[None, :, 0])
-    iw = torch.minimum(pbox[:, 3:4], cbox[None, :, 3]) - torch.maximum(pbox[:, 2:3], cbox[None, :, 2])
-    inter = ih.clamp_(min=0).mul_(iw.clamp_(min=0))
-    ap = (pbox[:, 1] - pbox[:, 0]) * (pbox[:, 3] - pbox[:, 2])
+    """``(n, K)`` bool: IoU(pixel box, center box) > ``iou`` for ``pbox (n, 4)`` against ``cbox (K, 4)``;
+    see :func:`_center_gate`."""
+    return _center_gate(pbox.t(), cbox, iou).t()
+
+
+def _center_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
+    """``(K, n)`` bool: IoU(pixel box, center box) > ``iou`` for coordinate-major pixel boxes ``pbox (4,
+    n)`` against ``cbox (K, 4)``, tested as inter·(1 + τ) > τ·(A_p + A_c) so no division is needed.
+
+    Center-major, so every step streams along the pixels with one broadcast value per center row
+    (pixel-major, the CPU kernels' inner loops would run over only K elements, several times slower)."""
+    c = cbox.t()[:, :, None]
+    ih = torch.minimum(pbox[1], c[1]).sub_(torch.maximum(pbox[0], c[0])).clamp_(min=0)
+    iw = torch.minimum(pbox[3], c[3]).sub_(torch.maximum(pbox[2], c[2])).clamp_(min=0)
+    ap = (pbox[1] - pbox[0]) * (pbox[3] - pbox[2])
     ac = (cbox[:, 1] - cbox[:, 0]) * (cbox[:, 3] - cbox[:, 2])
-    return inter.mul_(1 + iou) > (ap[:, None] + ac[None, :]).mul_(iou)
+    return ih.mul_(iw).mul_(1 + iou) > (ap[None, :] + ac[:, None]).mul_(iou)
 
 
 def _pair_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
@@ -292,15 +311,20 @@ def _group_yx(
     ok = _pair_gate(pbox, torch.cat([cbox.t(), area[None]]).index_select(1, out), iou)
     redo = torch.nonzero(~ok).squeeze(1)
     out.index_fill_(0, redo, -1)
+    # The gate first: a pixel whose nearest center fails it usually fails every center, and then
+    # needs no distances at all.
+    cy, cx = centers[:, 0:1], centers[:, 1:2]
     step = max(1, chunk_pairs // K)
     for s in range(0, redo.numel(), step):
         idx = redo[s : s + step]
-        d = (ty.index_select(0, idx)[:, None] - centers[None, :, 0]).square_()
-        d.add_((tx.index_select(0, idx)[:, None] - centers[None, :, 1]).square_())
-        elig = _gate(pbox.index_select(1, idx).t(), cbox, iou)
-        d.masked_fill_(~elig, float("inf"))
-        best = d.argmin(dim=1)
-        out.index_copy_(0, idx, torch.where(elig.any(dim=1), best, torch.full_like(best, -1)))
+        elig = _center_gate(pbox.index_select(1, idx), cbox, iou)
+        hit = torch.nonzero(elig.any(0)).squeeze(1)
+        if hit.numel() == 0:
+            continue
+        idx, elig = idx.index_select(0, hit), elig.index_select(1, hit)
+        d = (ty.index_select(0, idx)[None] - cy).square_()
+        d.add_((tx.index_select(0, idx)[None] - cx).square_())
+        out.index_copy_(0, idx, d.masked_fill_(~elig, float("inf")).argmin(dim=0))
     return out
 
 
@@ -321,8 +345,10 @@ def group_foreground(
     if yx.shape[0] == 0 or flat.numel() == 0:
         return flat, torch.full_like(flat, -1), yx, score
     dt = center_offset.dtype
-    py = flat // W
-    px = flat - py * W
+    # int32 division is far cheaper than int64 on the CPU (raster indices of one image fit).
+    flat32 = flat.to(torch.int32)
+    py = flat32 // W
+    px = flat32 - py * W
     yf, xf = py.to(dt), px.to(dt)
     # 1-D index_select per channel: far faster than fancy indexing, and than index_select along the
     # second axis of (C, H·W), on the CPU.

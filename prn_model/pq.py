@@ -128,7 +128,8 @@ def _compact(ids: np.ndarray, keys: np.ndarray, unknown: int) -> np.ndarray:
         slots = keys[inside] + 1
         lut[slots] = np.nonzero(inside)[0]
         try:
-            idx = lut[ids + 1] if lo < 0 else lut[1:][ids]
+            # np.take: about half the time of fancy indexing for a flat gather
+            idx = np.take(lut, ids + 1) if lo < 0 else np.take(lut[1:], ids)
         finally:
             lut[slots] = np.iinfo(dtype).max
         # Untouched entries hold the dtype's max, which is ≥ unknown: one in-place minimum relabels them.
