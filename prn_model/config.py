@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1"
     amp: str = "bf16"  # autocast dtype on CUDA: "bf16" or "none" (the CPU always runs fp32)
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC model and inputs (CUDA and CPU)
     compile: bool = False
     out: str | None = None
     log_every: int = 10

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..demo import DEMO_MAX_SIZE, DEMO_MIN_SIZE, DemoOptions  # light: dataclass and constants only
 from .app import app, console
 
 
@@ -21,10 +22,10 @@ def _size(text: str, name: str) -> tuple[int, int]:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("cache/demo"), "--out", help="Folder for everything the demo makes."),
-    train_images: int = typer.Option(160, "--train-images", min=1, help="Synthetic training scenes."),
-    val_images: int = typer.Option(40, "--val-images", min=1, help="Synthetic held-out validation scenes."),
-    min_size: str = typer.Option("96x128", "--min-size", help="Smallest synthetic scene, HxW."),
-    max_size: str = typer.Option("128x160", "--max-size", help="Largest synthetic scene, HxW."),
+    train_images: int = typer.Option(DemoOptions.train_images, "--train-images", min=1, help="Synthetic training scenes."),
+    val_images: int = typer.Option(DemoOptions.val_images, "--val-images", min=1, help="Synthetic held-out validation scenes."),
+    min_size: str = typer.Option("x".join(map(str, DEMO_MIN_SIZE)), "--min-size", help="Smallest synthetic scene, HxW."),
+    max_size: str = typer.Option("x".join(map(str, DEMO_MAX_SIZE)), "--max-size", help="Largest synthetic scene, HxW."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Training iterations (default: the config's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch (default: the config's)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training YAML (default workflows/demo.yaml)."),
@@ -38,7 +39,7 @@ def demo(
 ) -> None:
     """Run the whole toolkit on the CPU: synthetic COCO-panoptic data and stores, the real COCO sample and
     its drawing, PRN training, and the base-vs-PRN table; everything under OUT (re-runs reuse it)."""
-    from ..demo import DEMO_BASE, DemoOptions, run_demo
+    from ..demo import DEMO_BASE, run_demo
 
     opts = DemoOptions(train_images=train_images, val_images=val_images, min_size=_size(min_size, "--min-size"),
                        max_size=_size(max_size, "--max-size"), iters=iters, batch_size=batch_size,
