@@ -20,6 +20,7 @@ the other modules; they hold no algorithm of their own.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,12 +158,12 @@ def _write_scenes(root: Path, split: str, num: int, opts: DemoOptions, console: 
 
 
 def _build(dataset: str, split: str, base: str, out: Path, policy, opts: DemoOptions, console: Any | None,
-           limit: int | None = None):
+           limit: int | None = None, overwrite: bool = False):
     """``prn build`` in-process with a progress bar; failed samples are an error (the demo needs them all)."""
     from .build import BuildConfig, build
 
     cfg = BuildConfig(dataset=dataset, split=split, base=base, out=str(out), limit=limit, workers=opts.workers,
-                      scheduler=opts.scheduler, policy=policy)
+                      scheduler=opts.scheduler, policy=policy, overwrite=overwrite)
     with _progress(console) as bar:
         task = bar.add_task(f"build {out.name}", total=None, rate="") if bar is not None else None
 
@@ -176,6 +177,24 @@ def _build(dataset: str, split: str, base: str, out: Path, policy, opts: DemoOpt
         raise PrnError(f"{out}: {len(result.failures)} sample(s) failed to build, e.g. {first['file']}: "
                        f"{first['error']}")
     return result
+
+
+def _stale_run(run: Path, cfg: Any, data_changed: bool) -> str | None:
+    """Why the training run in ``run`` cannot be resumed or kept (its scenes were regenerated, or it was
+    configured otherwise, e.g. by an older demo), or None."""
+    from prn_model.config import load_config
+
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        return None
+    if data_changed:
+        return "the training scenes were regenerated"
+    try:
+        if load_config(saved) != cfg:
+            return "it was configured otherwise"
+    except PrnError:
+        return "its config.yaml is unreadable"
+    return None
 
 
 def _latest_step(run: Path) -> int:
@@ -220,11 +239,14 @@ def run_demo(
 
     # 1. synthetic data and its two stores (stored at the scenes' own size: ResizePolicy(short=0))
     with rep.stage("data", f"1/4 synthetic COCO-panoptic scenes and stores (base {opts.base})"):
+        wrote = {}
         for split, num in (("train", opts.train_images), ("val", opts.val_images)):
-            wrote = _write_scenes(p["synthetic"], split, num, opts, console)
-            rep.say(f"{num} {split} scenes {'written to' if wrote else 'already in'} {p['synthetic']}")
+            wrote[split] = _write_scenes(p["synthetic"], split, num, opts, console)
+            rep.say(f"{num} {split} scenes {'written to' if wrote[split] else 'already in'} {p['synthetic']}")
         for split, key in (("train", "train_store"), ("val", "val_store")):
-            r = _build(f"coco:{p['synthetic']}", split, opts.base, p[key], ResizePolicy(short=0), opts, console)
+            # New scenes (other sizes or counts than a previous demo in this folder) make the store stale.
+            r = _build(f"coco:{p['synthetic']}", split, opts.base, p[key], ResizePolicy(short=0), opts, console,
+                       overwrite=wrote[split])
             rep.say(f"store {p[key]}: {r.built} built, {r.skipped} already done")
     notify("data", {"train_store": str(p["train_store"]), "val_store": str(p["val_store"])})
 
@@ -248,6 +270,10 @@ def run_demo(
     cfg = override(cfg, **{"data.store": str(p["train_store"]), "out": str(p["run"]), "device": opts.device,
                            "iters": opts.iters, "data.batch_size": opts.batch_size})
     with rep.stage("train", f"3/4 train PRN ({config_path}, {cfg.iters} iterations, batch {cfg.data.batch_size})"):
+        stale = _stale_run(p["run"], cfg, data_changed=wrote["train"])
+        if stale:
+            shutil.rmtree(p["run"])
+            rep.say(f"previous run in {p['run']} removed: {stale}")
         done_steps = _latest_step(p["run"])
         if done_steps == 0:
             # killed before its first checkpoint: nothing to resume, and the trainer refuses a folder with

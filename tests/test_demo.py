@@ -123,3 +123,39 @@ def test_demo_rejects_a_bad_size():
                        timeout=60)
     assert r.returncode == 2 and "HxW" in r.stderr
     assert not Path("unused").exists()
+
+
+def test_rerun_with_other_scenes_rebuilds_stores_and_retrains(demo_run, tmp_path):
+    """An older demo's folder (other scene counts) is brought up to date, not refused."""
+    from prn_data.demo import DemoOptions, run_demo
+    from prn_data.store import open_store
+
+    _, _, tiny = demo_run
+    out = tmp_path / "out"
+
+    def run(n_train: int) -> dict:
+        return run_demo(out, DemoOptions(train_images=n_train, val_images=N_VAL, min_size=(64, 64),
+                                         max_size=(64, 96), iters=ITERS, batch_size=2, coco_limit=1,
+                                         scheduler="threads", workers=1, device="cpu", config=str(tiny)))
+
+    run(N_TRAIN)
+    before = (out / "run" / "model.pt").stat().st_mtime_ns
+    report = run(N_TRAIN + 1)
+    assert (out / "run" / "model.pt").stat().st_mtime_ns != before  # trained again
+    assert len(open_store(out / "train.zarr")) == N_TRAIN + 1
+    assert len(open_store(out / "val.zarr")) == N_VAL
+    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    # one fresh run: the old run's metrics are gone, not continued
+    assert [m["step"] for m in metrics] == [ITERS]
+    assert report["images"] == N_VAL
+
+
+def test_a_run_configured_otherwise_is_stale(demo_run):
+    from prn_data.demo import _stale_run
+    from prn_model.config import load_config, override
+
+    out, _, _ = demo_run
+    saved = load_config(out / "run" / "config.yaml")
+    assert _stale_run(out / "run", saved, data_changed=False) is None
+    assert "configured otherwise" in _stale_run(out / "run", override(saved, iters=ITERS + 1), data_changed=False)
+    assert "regenerated" in _stale_run(out / "run", saved, data_changed=True)
