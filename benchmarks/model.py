@@ -52,15 +52,16 @@ def read_peak(device: torch.device) -> float:
     return float("nan")
 
 
-def make_batch(b: int, h: int, w: int, device: torch.device) -> tuple[tuple, dict]:
+def make_batch(b: int, h: int, w: int, device: torch.device, classes: int = NUM_CLASSES) -> tuple[tuple, dict]:
+    """Random model inputs ``(image, instance, base_semantic)`` and targets of the Batch contract's shapes."""
     g = torch.Generator().manual_seed(0)
     x = (
         torch.rand(b, 3, h, w, generator=g) * 255,
         torch.cat((torch.rand(b, 1, h, w, generator=g), torch.randn(b, 6, h, w, generator=g) * 30), 1),
-        torch.softmax(torch.randn(b, NUM_CLASSES, h // 4, w // 4, generator=g), 1),
+        torch.softmax(torch.randn(b, classes, h // 4, w // 4, generator=g), 1),
     )
     batch = {
-        "semantic": torch.randint(0, NUM_CLASSES, (b, h, w), generator=g),
+        "semantic": torch.randint(0, classes, (b, h, w), generator=g),
         "center": torch.rand(b, 1, h, w, generator=g),
         "center_offset": torch.randn(b, 2, h, w, generator=g) * 20,
         "box_offset": torch.rand(b, 4, h, w, generator=g) * 50,

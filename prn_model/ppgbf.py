@@ -238,12 +238,6 @@ def _nearest_yx(ty: torch.Tensor, tx: torch.Tensor, centers: torch.Tensor, chunk
     return out
 
 
-def _gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
-    """``(n, K)`` bool: IoU(pixel box, center box) > ``iou`` for ``pbox (n, 4)`` against ``cbox (K, 4)``;
-    see :func:`_center_gate`."""
-    return _center_gate(pbox.t(), cbox, iou).t()
-
-
 def _center_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
     """``(K, n)`` bool: IoU(pixel box, center box) > ``iou`` for coordinate-major pixel boxes ``pbox (4,
     n)`` against ``cbox (K, 4)``, tested as inter·(1 + τ) > τ·(A_p + A_c) so no division is needed.
@@ -259,7 +253,7 @@ def _center_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Te
 
 
 def _pair_gate(pbox: torch.Tensor, cbox: torch.Tensor, iou: float) -> torch.Tensor:
-    """Row-wise version of :func:`_gate` on coordinate-major boxes: ``pbox (4, n)`` against ``cbox (4,
+    """Row-wise version of :func:`_center_gate` on coordinate-major boxes: ``pbox (4, n)`` against ``cbox (4,
     n)`` → ``(n,)`` bool (one contiguous vector per coordinate keeps every step a streaming pass).
     ``cbox`` may carry the center boxes' areas as a fifth row (computed once per center, same value)."""
     ih = torch.minimum(pbox[1], cbox[1]).sub_(torch.maximum(pbox[0], cbox[0])).clamp_(min=0)

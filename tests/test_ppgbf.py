@@ -164,10 +164,10 @@ def test_chunking_does_not_change_the_result():
     assert torch.equal(a, b)
     assert (a >= 0).any() and (a == -1).any()
     # brute force: nearest among eligible
-    from prn_model.ppgbf import _gate
+    from prn_model.ppgbf import _center_gate
 
     d = ((target[:, None, :] - centers[None]) ** 2).sum(-1)
-    elig = _gate(pbox, cbox, 0.5)
+    elig = _center_gate(pbox.t(), cbox, 0.5).t()  # (n, K)
     d[~elig] = float("inf")
     ref = torch.where(elig.any(1), d.argmin(1), torch.full((n,), -1))
     assert torch.equal(a, ref)
