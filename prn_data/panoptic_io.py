@@ -13,15 +13,58 @@ from .records import VOID, CategorySet, Segment
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3) uint8`` → ``(H, W) int32`` COCO panoptic ids."""
+    """``(H, W, 3|4) uint8`` → ``(H, W) int32`` COCO panoptic ids (an alpha channel is ignored)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] in (3, 4):
+        # Each pixel's bytes R, G, B read as one little-endian word starting at the pixel (its 4th byte is
+        # the next pixel's R or the alpha, masked off): one contiguous copy and one pass instead of three
+        # multiply-adds over int32 copies of every channel.
+        h, w, c = rgb.shape
+        n = h * w
+        buf = np.empty(c * n + 4, dtype=np.uint8)
+        buf[: c * n] = rgb.reshape(-1)
+        buf[c * n :] = 0
+        words = np.ndarray((n,), dtype="<i4", buffer=buf, strides=(c,))
+        return (words & np.int32(0xFFFFFF)).reshape(h, w)
     rgb = rgb.astype(np.int32, copy=False)
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """``(H, W)`` non-negative ids → ``(H, W, 3) uint8`` RGB."""
-    ids = ids.astype(np.int64, copy=False)
-    return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
+    """``(H, W)`` ids in 0..2²⁴−1 → ``(H, W, 3) uint8`` RGB (R the lowest byte); larger ids wrap."""
+    words = np.ascontiguousarray(ids, dtype="<u4")
+    return np.ascontiguousarray(words.view(np.uint8).reshape(words.shape + (4,))[..., :3])
+
+
+def decode_png(path: str | Path) -> np.ndarray:
+    """``(H, W, 3|4) uint8`` RGB(A) pixels of a PNG: libspng through imagecodecs when installed (about
+    twice as fast as libpng here), else OpenCV, else Pillow. Errors name the file."""
+    path = Path(path)
+    try:
+        import imagecodecs
+
+        data = path.read_bytes()
+        return imagecodecs.spng_decode(data)
+    except ImportError:
+        pass
+    except Exception:
+        pass  # let the next decoder say what is wrong with the file
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is not None:
+        bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if bgr is None:
+            raise DatasetError(path, "unreadable panoptic PNG")
+        if bgr.ndim == 3 and bgr.shape[2] in (3, 4):
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+        return bgr
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except Exception as exc:
+        raise DatasetError(path, f"unreadable panoptic PNG ({exc})") from None
 
 
 def read_rgb_ids(path: str | Path) -> np.ndarray:
@@ -29,18 +72,20 @@ def read_rgb_ids(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "panoptic PNG is missing")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as exc:  # PIL raises many types for truncated / non-image files
-        raise DatasetError(path, f"unreadable panoptic PNG ({exc})") from None
+    arr = decode_png(path)
+    if not (arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] in (3, 4)):
+        # palette, grey or 16-bit files: let Pillow convert them as panopticapi's reader does
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except Exception as exc:
+            raise DatasetError(path, f"unreadable panoptic PNG ({exc})") from None
     return rgb2id(arr)
 
 
 def write_rgb_ids(path: str | Path, ids: np.ndarray) -> None:
     """Write ``(H, W)`` ids (0 = VOID, any negative written as 0) as a COCO panoptic PNG."""
-    Image.fromarray(id2rgb(np.where(ids < 0, 0, ids))).save(path)
+    Image.fromarray(id2rgb(np.maximum(ids, 0))).save(path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -117,6 +162,7 @@ def semantic_from_panoptic(panoptic: np.ndarray, segments: Sequence[Segment]) ->
 __all__ = [
     "rgb2id",
     "id2rgb",
+    "decode_png",
     "read_rgb_ids",
     "write_rgb_ids",
     "read_image",

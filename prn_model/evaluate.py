@@ -13,7 +13,8 @@ scored with panopticapi's PQ (:mod:`prn_model.pq`). Where the ground truth is sc
 from __future__ import annotations
 
 import json
-import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -24,9 +25,11 @@ import torch
 from prn_data.errors import DatasetError, PrnError
 from prn_data.records import CategorySet, Segment
 
-from .merge import postprocess, to_original_size, write_panoptic
+from prn_data.panoptic_io import write_rgb_ids
+
+from .merge import coco_categories, postprocess, to_original_size
 from .ppgbf import PostProcessConfig
-from .pq import pq_compute, pq_from_arrays
+from .pq import FILE_VOID, MEMORY_VOID, ImageStats, PQStat, SegmentTable, pq_average, pq_image, read_png_ids
 
 SUMMARY_KEYS = ("pq", "sq", "rq", "pq_th", "pq_st")
 
@@ -178,49 +181,96 @@ def locate_ground_truth(store, gt: str | Path | None = None) -> GroundTruth:
     return GroundTruth("store", "store resolution, the store's gt/")
 
 
-class _Scorer:
-    """Collects one prediction set (base or PRN) and scores it against a :class:`GroundTruth`."""
+class _Evaluation:
+    """Scores prediction sets (``names``, e.g. base and PRN) image by image as they come, so memory stays
+    bounded by a few images whatever the split's size: each image's ground truth is read once for all sets,
+    each prediction is resized, written (with ``out_dir``) and reduced to its PQ counts in worker threads,
+    and only the counts are kept. Counts are summed in the order the file-to-file scorer uses (the
+    ground-truth JSON's, else the samples'), so the figures are bit-identical to scoring the written files
+    with :func:`prn_model.pq.pq_compute`."""
 
-    def __init__(self, gt: GroundTruth, categories: CategorySet, out_dir: Path | None):
-        self.gt, self.categories, self.out_dir = gt, categories, out_dir
-        self.items: list = []
-        self.files: list = []
+    def __init__(self, gt: GroundTruth, categories: CategorySet, out_dir: Path | None, names: Sequence[str], workers: int | None = None):
+        from .pq import _workers
 
-    def add(self, meta: dict, panoptic: np.ndarray, segments: list[Segment]) -> None:
+        self.gt, self.categories, self.out_dir, self.names = gt, categories, out_dir, tuple(names)
+        self.cat_ids = [c.id for c in categories]
+        self.anns: dict[str, dict[int, dict]] = {n: {} for n in self.names}
+        self.stats: dict[str, dict[int, ImageStats]] = {n: {} for n in self.names}
+        # file-to-file scoring sums in the ground-truth JSON's order; in-memory scoring in the samples'
+        self.rank = {k: i for i, k in enumerate(gt.annotations)} if gt.json is not None else {}
+        self.lookup = {str(k): i for i, k in enumerate(gt.dataset.keys())} if gt.dataset is not None and gt.json is None else {}
+        self.n_workers = _workers(workers)
+        self.pool = ThreadPoolExecutor(self.n_workers)
+        self.pending: deque = deque()
+        self.added = 0
+        if out_dir is not None:
+            for n in self.names:
+                (out_dir / n / "panoptic").mkdir(parents=True, exist_ok=True)
+
+    def add(self, meta: dict, preds: dict[str, tuple[np.ndarray, Sequence[Segment]]]) -> None:
+        """Queue one sample's predictions ``{name: (panoptic (h, w) int VOID = −1, segments)}`` at store
+        resolution; blocks while too many samples are in flight."""
+        key = str(meta["image_id"])
+        known = self.rank or self.lookup
+        if self.gt.mode == "original" and key not in known:
+            raise DatasetError(self.gt.json or self.gt.where, f"no ground truth for image id {key}")
+        order = self.rank[key] if self.rank else self.added
+        self.pending.append(self.pool.submit(self._score, meta, preds, order, self.added))
+        self.added += 1
+        while len(self.pending) > 2 * self.n_workers:
+            self.pending.popleft().result()
+
+    def _truth(self, meta: dict) -> tuple[np.ndarray, SegmentTable, int]:
+        if self.gt.json is not None:
+            ann = self.gt.annotations[str(meta["image_id"])]
+            ids = read_png_ids(self.gt.png_dir / ann["file_name"])
+            return ids, SegmentTable.from_segments(ann["segments_info"], with_area=True), FILE_VOID
         if self.gt.mode == "original":
-            panoptic, segments = to_original_size(panoptic, segments, meta["orig_size"])
-        if self.out_dir is not None or self.gt.json is not None:
-            image_id = meta["image_id"]
-            ann = self.gt.annotations.get(str(image_id))
-            if self.gt.json is not None and ann is None:
-                raise DatasetError(self.gt.json, f"no ground truth for image id {image_id}")
-            self.files.append((ann["image_id"] if ann else image_id, meta["file_name"], panoptic, segments))
-        if self.gt.json is None:
-            if self.gt.mode == "original":
-                if not hasattr(self, "_keys"):
-                    self._keys = {str(k): i for i, k in enumerate(self.gt.dataset.keys())}
-                key = str(meta["image_id"])
-                if key not in self._keys:
-                    raise DatasetError(self.gt.where, f"no ground truth for image id {key}")
-                sample = self.gt.dataset.load(self._keys[key])
-                self.items.append((sample.panoptic, sample.segments, panoptic, segments))
-            else:
-                self.items.append((meta["gt/panoptic"], meta["gt/segments"], panoptic, segments))
+            sample = self.gt.dataset.load(self.lookup[str(meta["image_id"])])
+            return np.asarray(sample.panoptic), SegmentTable.from_segments(sample.segments), MEMORY_VOID
+        return np.asarray(meta["gt/panoptic"]), SegmentTable.from_segments(meta["gt/segments"]), MEMORY_VOID
 
-    def score(self, name: str, tmp: Path) -> dict:
-        out = self.out_dir / name if self.out_dir is not None else tmp / name
-        if self.files:
-            pred_json = write_panoptic(out, self.files, self.categories)
-        if self.gt.json is None:
-            return pq_from_arrays(self.items, self.categories)
-        # panopticapi pairs every ground-truth image with a prediction: keep the store's images only.
-        with open(self.gt.json) as f:
-            full = json.load(f)
-        ids = {str(f[0]) for f in self.files}
-        full["annotations"] = [a for a in full["annotations"] if str(a["image_id"]) in ids]
-        gt_json = tmp / f"{name}_gt.json"
-        gt_json.write_text(json.dumps(full))
-        return pq_compute(gt_json, self.gt.png_dir, pred_json, out / "panoptic", categories=self.categories)
+    def _score(self, meta: dict, preds: dict, order: int, seq: int) -> None:
+        gt_ids, gt_table, void = self._truth(meta)
+        png = Path(str(meta["file_name"])).with_suffix(".png").name
+        for name, (pan, segs) in preds.items():
+            if self.gt.mode == "original":
+                pan, segs = to_original_size(pan, segs, meta["orig_size"])
+            if self.out_dir is not None:
+                write_rgb_ids(self.out_dir / name / "panoptic" / png, pan)
+                image_id = self.gt.annotations[str(meta["image_id"])]["image_id"] if self.rank else meta["image_id"]
+                self.anns[name][seq] = {"image_id": image_id, "file_name": png, "segments_info": [s.to_json() for s in segs]}
+            pred_ids = np.where(pan < 0, FILE_VOID, pan) if void == FILE_VOID else pan
+            # as file-to-file scoring, a listed segment missing from the map is an error only for files
+            where = None
+            if self.gt.json is not None:
+                where = str(self.out_dir / name / "panoptic" / png) if self.out_dir is not None else f"{name} prediction of image {meta['image_id']}"
+            self.stats[name][order] = pq_image(gt_ids, gt_table, pred_ids, SegmentTable.from_segments(segs), void=void, categories=self.cat_ids, name=where)
+
+    def close(self) -> None:
+        """Stop without results (after an error): queued samples are dropped, running ones finish."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def finish(self) -> dict[str, dict]:
+        """Wait for the queued samples; write each set's ``panoptic.json`` (with ``out_dir``); pq_compute-form
+        results per name."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        results = {}
+        for name in self.names:
+            if self.out_dir is not None:
+                # the samples' order, whatever order the threads finished in
+                anns = [self.anns[name][k] for k in sorted(self.anns[name])]
+                with open(self.out_dir / name / "panoptic.json", "w") as f:
+                    json.dump({"annotations": anns, "categories": coco_categories(self.categories)}, f)
+            stat = PQStat()
+            for k in sorted(self.stats[name]):
+                stat.add(self.stats[name][k])
+            results[name] = pq_average(stat, self.categories)
+        return results
 
 
 def evaluate_store(
@@ -234,12 +284,15 @@ def evaluate_store(
     cfg: PostProcessConfig | None = None,
     limit: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> dict:
     """``prn evaluate``: score the base network (and PRN from ``checkpoint``) over the store's done samples.
 
     Returns ``{"base": ..., "prn": ... (absent with base_only), "scored": "original" | "store",
     "ground_truth": str, "images": n}``, each result in pq_compute's form. With ``out``, predictions are
     written as COCO panoptic files under ``out/base`` and ``out/prn`` and the dict as ``out/results.json``.
+    Predictions are scored as they come (``workers`` threads; memory bounded by a few images), never held
+    for the whole split.
     """
     from prn_data.store import open_store
 
@@ -264,18 +317,18 @@ def evaluate_store(
     truth = locate_ground_truth(store, gt)
     out_dir = Path(out) if out is not None else None
     cats = store.categories
-    base = _Scorer(truth, cats, out_dir)
-    prn = _Scorer(truth, cats, out_dir)
-    for n, (meta, result) in enumerate(predict(model, store, indices, dev, batch, cfg), 1):
-        base.add(meta, meta["base/panoptic"], _segments(meta["base/segments"], cats))
-        if result is not None:
-            prn.add(meta, *result)
-        if on_progress is not None:
-            on_progress(n, len(indices))
-    with tempfile.TemporaryDirectory() as tmp:
-        results: dict = {"base": base.score("base", Path(tmp))}
-        if model is not None:
-            results["prn"] = prn.score("prn", Path(tmp))
+    ev = _Evaluation(truth, cats, out_dir, ("base",) if model is None else ("base", "prn"), workers)
+    try:
+        for n, (meta, result) in enumerate(predict(model, store, indices, dev, batch, cfg), 1):
+            preds = {"base": (meta["base/panoptic"], _segments(meta["base/segments"], cats))}
+            if result is not None:
+                preds["prn"] = result
+            ev.add(meta, preds)
+            if on_progress is not None:
+                on_progress(n, len(indices))
+        results: dict = ev.finish()
+    finally:
+        ev.close()
     results |= {"scored": truth.mode, "ground_truth": truth.where, "images": len(indices)}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,11 +365,14 @@ def evaluate_model(
     indices = [int(i) for i in np.nonzero(store.done)[0]][: limit or None]
     was = model.training
     model.eval()
+    ev = _Evaluation(GroundTruth("store", "store resolution"), store.categories, None, ("prn",))
     try:
-        items = [(m["gt/panoptic"], m["gt/segments"], pan, segs) for m, (pan, segs) in predict(model, store, indices, device, batch, cfg)]
+        for meta, result in predict(model, store, indices, device, batch, cfg):
+            ev.add(meta, {"prn": result})
+        return summary(ev.finish()["prn"])
     finally:
+        ev.close()
         model.train(was)
-    return summary(pq_from_arrays(items, store.categories))
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from prn_data.errors import DatasetError
+from prn_data.panoptic_io import decode_png, rgb2id
 
 FILE_VOID = 0
 MEMORY_VOID = -1
@@ -285,55 +286,15 @@ def pq_from_arrays(
     return pq_average(stat, categories)
 
 
-def _decode_png(path: Path) -> np.ndarray:
-    """``(H, W, 3|4) uint8`` RGB(A) pixels of a PNG: libspng through imagecodecs when installed (about
-    twice as fast as libpng here), else OpenCV, else Pillow. Errors name the file."""
-    data = None
-    try:
-        import imagecodecs
-
-        data = path.read_bytes()
-        return imagecodecs.spng_decode(data)
-    except ImportError:
-        pass
-    except Exception:
-        pass  # let the next decoder say what is wrong with the file
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if bgr is None:
-            raise DatasetError(path, "unreadable panoptic PNG")
-        if bgr.ndim == 3 and bgr.shape[2] in (3, 4):
-            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB if bgr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-        return bgr
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception as exc:
-        raise DatasetError(path, f"unreadable panoptic PNG ({exc})") from None
-
-
 def read_png_ids(path: str | Path) -> np.ndarray:
     """COCO panoptic PNG → ``(H, W) uint32`` ids R + 256·G + 256²·B (an alpha channel is ignored)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "panoptic PNG is missing")
-    rgb = _decode_png(path)
+    rgb = decode_png(path)
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
         raise DatasetError(path, f"panoptic PNG must be 8-bit RGB, got shape {rgb.shape} {rgb.dtype}")
-    h, w, c = rgb.shape
-    n = h * w
-    # Each pixel's bytes R, G, B read as one little-endian word starting at the pixel (its 4th byte is
-    # the next pixel's R, masked off): one contiguous copy and one pass instead of per-channel arithmetic.
-    buf = np.zeros(c * n + 4, dtype=np.uint8)
-    buf[: c * n] = rgb.reshape(-1)
-    words = np.ndarray((n,), dtype="<u4", buffer=buf, strides=(c,))
-    return (words & np.uint32(0xFFFFFF)).reshape(h, w)
+    return rgb2id(rgb).view(np.uint32)
 
 
 def _load_json(path: str | Path) -> dict:

@@ -107,7 +107,8 @@ def test_evaluate_end_to_end(trained, tmp_path):
     g = open_store(store).attrs["dataset"]["gt"]
     for who in ("base", "prn"):
         again = pq_compute(g["json"], g["png_dir"], out / who / "panoptic.json", out / who / "panoptic")
-        assert again["All"] == pytest.approx(res[who]["All"], abs=1e-12)
+        for k in ("All", "Things", "Stuff"):  # scored as they came, yet bit-identical to scoring the files
+            assert again[k] == res[who][k]
 
     # --base-only gives the same base figures without a checkpoint.
     r = runner.invoke(app, ["evaluate", "--store", store, "--base-only", "--json"])
@@ -135,7 +136,7 @@ def test_evaluate_falls_back_to_the_store_gt(trained, tmp_path):
         x = s.read_sample(i)
         items.append((x["gt/panoptic"], x["gt/segments"], x["base/panoptic"], x["base/segments"]))
     ref = pq_from_arrays(items, s.categories)
-    assert res["base"]["All"] == pytest.approx(ref["All"], abs=1e-12)
+    assert res["base"]["All"] == ref["All"]
     # the trainer's validation hook: PRN at store resolution, in percent
     model, _ = load_checkpoint(ckpt, "cpu")
     v = evaluate_model(model, str(copy), device="cpu")
@@ -149,3 +150,46 @@ def test_evaluate_errors(trained, tmp_path):
     assert r.exit_code != 0 and "--checkpoint" in str(r.exception)
     r = runner.invoke(app, ["evaluate", "--store", store, "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"])
     assert "none.pt" in str(r.exception)
+
+
+def test_streamed_scoring_is_bit_identical_to_scoring_the_written_files(perturbed, tmp_path):
+    """The evaluator scores each image as it comes, in threads, out of order; the figures must still be
+    those of pq_compute over the files it wrote (summed in the ground truth's order), bit for bit."""
+    from prn_data.errors import DatasetError
+    from prn_data.panoptic_io import read_rgb_ids
+    from prn_data.records import Category, CategorySet, Segment
+    from prn_model.evaluate import GroundTruth, _Evaluation
+
+    gt_json, gt_dir, pred_json, pred_dir = perturbed
+    gt = json.loads(gt_json.read_text())
+    cats = CategorySet([Category(c["id"], c["name"], bool(c["isthing"]), i) for i, c in enumerate(gt["categories"])])
+    pred = {a["image_id"]: a for a in json.loads(pred_json.read_text())["annotations"]}
+    big = dict(gt, annotations=[dict(a, image_id=f"{a['image_id']}_{c}") for c in range(6) for a in gt["annotations"]])
+    (tmp_path / "gt.json").write_text(json.dumps(big))
+    truth = GroundTruth("original", "test", json=tmp_path / "gt.json", png_dir=gt_dir,
+                        annotations={a["image_id"]: a for a in big["annotations"]})
+    ev = _Evaluation(truth, cats, tmp_path / "out", ("a", "b"), workers=3)
+    order = list(np.random.default_rng(0).permutation(len(big["annotations"])))
+    for k in order:
+        a = big["annotations"][k]
+        src = pred[int(a["image_id"].split("_")[0])]
+        ids = read_rgb_ids(pred_dir / src["file_name"])
+        segs = [Segment.from_json(s, cats) for s in src["segments_info"]]
+        pan = np.where(ids == 0, -1, ids)
+        # "b" drops every second segment: two different prediction sets against one ground truth read
+        pan_b = np.where(np.isin(pan, [s.id for s in segs[::2]]), -1, pan)
+        meta = {"image_id": a["image_id"], "file_name": a["file_name"], "orig_size": pan.shape}
+        ev.add(meta, {"a": (pan, segs), "b": (pan_b, segs[1::2])})
+        assert len(ev.pending) <= 2 * 3  # bounded: never the whole split in memory
+    res = ev.finish()
+    for name in ("a", "b"):
+        written = json.loads((tmp_path / "out" / name / "panoptic.json").read_text())
+        assert [w["image_id"] for w in written["annotations"]] == [big["annotations"][k]["image_id"] for k in order]
+        ref = pq_compute(tmp_path / "gt.json", gt_dir, tmp_path / "out" / name / "panoptic.json", tmp_path / "out" / name / "panoptic", workers=1)
+        assert res[name] == ref
+    assert res["a"]["All"]["pq"] != res["b"]["All"]["pq"]
+
+    ev = _Evaluation(truth, cats, None, ("a",), workers=1)
+    with pytest.raises(DatasetError, match="gt.json.*no ground truth for image id nope"):
+        ev.add({"image_id": "nope", "file_name": "x.png", "orig_size": (1, 1)}, {"a": (np.zeros((1, 1), int), [])})
+    ev.close()

@@ -24,6 +24,7 @@ def evaluate(
     grouping: str = typer.Option("ppgbf", "--grouping", help="ppgbf (PRN, §3.5) or panoptic_deeplab (§4.5 ablation)."),
     stuff_area: Optional[int] = typer.Option(None, "--stuff-area", min=0, help="Stuff regions under this many px become VOID (default: COCO 4096, Cityscapes 2048)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N done samples."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads (default: the machine's cores, at most 8)."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json's content instead of the table."),
 ) -> None:
     """Score the base network and PRN over STORE (PQ / SQ / RQ / PQ_th / PQ_st) and print them side by side."""
@@ -44,7 +45,7 @@ def evaluate(
         def step(n: int, total: int) -> None:
             bar.update(task, completed=n, total=total)
 
-        results = evaluate_store(store, checkpoint, out, device, batch, gt, base_only, cfg, limit, on_progress=step)
+        results = evaluate_store(store, checkpoint, out, device, batch, gt, base_only, cfg, limit, on_progress=step, workers=workers)
     if as_json:
         typer.echo(json.dumps(results, indent=1, default=float))
     else:
