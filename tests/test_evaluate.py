@@ -193,3 +193,22 @@ def test_streamed_scoring_is_bit_identical_to_scoring_the_written_files(perturbe
     with pytest.raises(DatasetError, match="gt.json.*no ground truth for image id nope"):
         ev.add({"image_id": "nope", "file_name": "x.png", "orig_size": (1, 1)}, {"a": (np.zeros((1, 1), int), [])})
     ev.close()
+
+
+def test_predict_with_a_reader_thread_yields_the_same_as_without(trained):
+    from prn_data.store import open_store
+    from prn_model.evaluate import predict
+    from prn_model.train import load_checkpoint
+
+    store_url, ckpt = trained
+    store = open_store(store_url)
+    model, _ = load_checkpoint(ckpt, "cpu")
+    idx = list(range(len(store)))
+    runs = [list(predict(model, store, idx, "cpu", batch=1, prefetch=pf)) for pf in (False, True)]
+    assert [m["index"] for m, _ in runs[1]] == idx
+    for (ma, (pa, sa)), (mb, (pb, sb)) in zip(*runs):
+        assert ma["image_id"] == mb["image_id"]
+        np.testing.assert_array_equal(pa, pb)
+        assert [s.to_json() for s in sa] == [s.to_json() for s in sb]
+    base_only = list(predict(None, store, idx, prefetch=True))
+    assert [m["index"] for m, r in base_only] == idx and all(r is None for _, r in base_only)

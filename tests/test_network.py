@@ -344,3 +344,28 @@ def test_residual_prn_gets_a_gradient_everywhere_after_one_step():
     # ... and once they have moved, every parameter learns.
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.count_nonzero(p.grad)]
     assert no_grad == []
+
+
+@pytest.mark.parametrize("kernel,stride,layout", [(5, 1, torch.contiguous_format), (3, 2, torch.channels_last), (1, 1, torch.channels_last)])
+def test_coordconv_equals_a_convolution_over_the_concatenated_coordinates(kernel, stride, layout):
+    """The split form (features and coordinates convolved apart, then summed) is the paper's CoordConv:
+    one convolution over [x, y-coords, x-coords], outputs and every gradient."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    conv = CoordConv2d(6, 4, kernel, stride=stride).to(memory_format=layout)
+    x = torch.randn(3, 6, 9, 11).contiguous(memory_format=layout).requires_grad_(True)
+    y = conv(x)
+    ref_w = conv.weight.detach().clone().requires_grad_(True)
+    ref_b = conv.bias.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    cat = torch.cat((x_ref, coord_map(3, 9, 11)), dim=1)
+    ref = F.conv2d(cat, ref_w, ref_b, stride, kernel // 2)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, ref_w.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, ref_b.grad, rtol=1e-5, atol=1e-5)
