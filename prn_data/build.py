@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import DatasetError, PrnError, StoreError
+from .lock import build_lock
 from .resize import ResizePolicy
 from .store import DEFAULT_SHARD_SIZE, Store, create_store, encode_sample, open_store
 
@@ -311,7 +312,8 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
 
     ``on_progress(done, total, advance)`` is called as samples finish (``total`` = samples to make in this
     run). Returns a :class:`BuildResult`; failed samples are listed, never raised, and recorded in the
-    store's ``failures`` attribute.
+    store's ``failures`` attribute. A local store is locked for the build (:mod:`prn_data.lock`): a second
+    build of it raises :class:`StoreError` instead of writing the same shards.
     """
     from .base import open_base
     from .datasets import open_dataset
@@ -326,7 +328,11 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
         raise PrnError(f"dataset {cfg.dataset} split {cfg.split} has no samples to build")
     out = cfg.out or default_out(dataset.name, cfg.split, cfg.base)
     canvas = plan_canvas(dataset, n, cfg.policy)
+    with build_lock(out):
+        return _build_locked(cfg, dataset, n, out, canvas, params, on_progress, t0)
 
+
+def _build_locked(cfg: BuildConfig, dataset, n: int, out: str, canvas, params, on_progress, t0: float) -> BuildResult:
     existing, overwrite = None, cfg.overwrite
     if not overwrite:
         try:

@@ -67,6 +67,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, scenes):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert seen_partial is not None, "the build finished before it could be killed"
+    assert (tmp_path / "killed.zarr.lock").exists()  # left behind by the killed build, but no longer locked
     done = _assert_done_are_complete(out)
     assert seen_partial <= done.sum() < N  # still incomplete, and nothing done was lost
 
@@ -74,6 +75,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, scenes):
               shard_size=2, policy=ResizePolicy(short=0))
     resumed = build(BuildConfig(out=str(out), **kw))
     assert resumed.ok and resumed.skipped == int(done.sum()) and resumed.built == N - int(done.sum())
+    assert not (tmp_path / "killed.zarr.lock").exists()
     clean = build(BuildConfig(out=str(tmp_path / "clean.zarr"), **kw))
     assert clean.ok and clean.built == N
 
@@ -96,3 +98,29 @@ def test_store_cut_short_while_being_created_is_recreated(tmp_path, scenes):
     res = build(BuildConfig(f"coco:{scenes}", "train", out=str(out), scheduler="threads", workers=1, limit=2,
                             policy=ResizePolicy(short=0)))
     assert res.ok and res.built == 2 and open_store(out).done.all()
+
+
+def test_a_second_build_of_a_store_being_built_is_refused(tmp_path, scenes):
+    """Two builds would write the same shards at once (zarr loses data then): the second one stops with an
+    error naming the store and the first build's process, before writing anything; once that process is
+    gone, however it ended, building works again."""
+    out = tmp_path / "busy.zarr"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom prn_data.lock import build_lock\n"
+         "with build_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        p = subprocess.run([str(PRN), "build", f"coco:{scenes}", "--split", "train", "--out", str(out), "--limit", "2",
+                            "--workers", "1", "--short", "0"], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, COLUMNS="400"))
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "busy.zarr: another prn build is writing this store" in p.stderr and f"pid {holder.pid}" in p.stderr
+        assert "Traceback" not in p.stderr
+        assert not out.exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    res = build(BuildConfig(f"coco:{scenes}", "train", out=str(out), scheduler="threads", workers=1, limit=2,
+                            policy=ResizePolicy(short=0)))
+    assert res.ok and res.built == 2 and not (tmp_path / "busy.zarr.lock").exists()
