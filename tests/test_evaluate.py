@@ -212,3 +212,26 @@ def test_predict_with_a_reader_thread_yields_the_same_as_without(trained):
         assert [s.to_json() for s in sa] == [s.to_json() for s in sb]
     base_only = list(predict(None, store, idx, prefetch=True))
     assert [m["index"] for m, r in base_only] == idx and all(r is None for _, r in base_only)
+
+
+def test_streamed_scoring_against_a_reopened_dataset(cityscapes_sample):
+    """Ground truth from a dataset prn reads itself (Cityscapes gtFine, no COCO JSON): the ground truth
+    as prediction scores PQ 1 on every class it holds; a prediction with one instance shifted scores what
+    pq_from_arrays gives for the same pair."""
+    from prn_data.datasets import open_dataset
+    from prn_model.evaluate import GroundTruth, _Evaluation
+
+    ds = open_dataset(f"cityscapes:{cityscapes_sample}", "val")
+    s = ds.load(0)
+    thing = next(seg for seg in s.segments if seg.isthing and not seg.iscrowd)
+    moved = s.panoptic.copy()
+    moved[moved == thing.id] = -1
+    moved[np.roll(s.panoptic == thing.id, 9, axis=1)] = thing.id
+    truth = GroundTruth("original", "dataset", dataset=ds)
+    ev = _Evaluation(truth, ds.categories, None, ("same", "moved"), workers=2)
+    meta = {"image_id": ds.keys()[0], "file_name": "x.png", "orig_size": s.panoptic.shape}
+    ev.add(meta, {"same": (s.panoptic, s.segments), "moved": (moved, s.segments)})
+    res = ev.finish()
+    assert res["same"]["All"]["pq"] == 1.0 and res["same"]["All"]["n"] == len({g.category_id for g in s.segments if not g.iscrowd})
+    assert res["moved"] == pq_from_arrays([(s.panoptic, s.segments, moved, s.segments)], ds.categories)
+    assert res["moved"]["All"]["pq"] < 1.0
