@@ -16,6 +16,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
+DEMO_DIR=${DEMO_DIR:-/tmp/prn_demo}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -57,10 +58,10 @@ else
 fi
 
 # The demo as the README runs it, but training and evaluation on the device and 8 loader workers.
-sed 's/^\(  num_workers:\).*/\1 8/' workflows/demo.yaml > /tmp/demo_device.yaml
-step demo prn demo --out /tmp/prn_demo --device "$DEVICE" --config /tmp/demo_device.yaml "${DEMO_ARGS[@]}"
-cp /tmp/prn_demo/results.json "$OUT/demo_results.json" 2>/dev/null
-grep -h "samples_per_s\|data_wait" /tmp/prn_demo/run/metrics.jsonl 2>/dev/null | tail -n 3 > "$OUT/train_tail.jsonl"
+sed 's/^\(  num_workers:\).*/\1 8/' workflows/demo.yaml > "$DEMO_DIR.yaml"
+step demo prn demo --out "$DEMO_DIR" --device "$DEVICE" --config "$DEMO_DIR.yaml" "${DEMO_ARGS[@]}"
+cp "$DEMO_DIR"/results.json "$OUT/demo_results.json" 2>/dev/null
+grep -h "samples_per_s\|data_wait" "$DEMO_DIR"/run/metrics.jsonl 2>/dev/null | tail -n 3 > "$OUT/train_tail.jsonl"
 
-step predict $PY benchmarks/predict.py --store /tmp/prn_demo/val.zarr --checkpoint /tmp/prn_demo/run/model.pt --device "$DEVICE" --batch 1 8 --rounds 2
+step predict $PY benchmarks/predict.py --store "$DEMO_DIR"/val.zarr --checkpoint "$DEMO_DIR"/run/model.pt --device "$DEVICE" --batch 1 8 --rounds 2
 ls -la "$OUT"
