@@ -4,7 +4,8 @@ Two builds writing the same store would write the same shards concurrently, whic
 silently lost data (DESIGN §8). The build therefore holds an advisory ``flock`` on ``<store>.lock``, a file
 beside a local store that names the holder. The kernel drops the lock when the holder's process ends, however
 it ends, so a build killed by ``SIGKILL`` or an OOM never leaves a stale lock behind: the next build takes it.
-Remote stores (``s3://``, ``http://``) and systems without ``fcntl`` are not locked (documented).
+Remote stores (``s3://``, ``http://``), systems without ``fcntl`` and file systems that refuse ``flock`` (a
+warning says so) are not locked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -58,12 +60,17 @@ def build_lock(url: str) -> Iterator[Path | None]:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise StoreError(
                 f"{url}: another prn build is writing this store ({_holder(lock)}); wait for it to finish "
                 f"(the lock in {lock} is released when that process ends, even if it is killed)"
             ) from None
+        except OSError as exc:  # a file system without flock (some network mounts): build unlocked
+            os.close(fd)
+            warnings.warn(f"{lock}: cannot lock ({exc.strerror}); building without protection against a second build")
+            yield None
+            return
         # The holder before us may have unlinked the file between our open and our flock: then we hold a
         # lock on a file nobody else will see. Lock the file that is at the path now.
         try:

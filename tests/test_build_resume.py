@@ -124,3 +124,17 @@ def test_a_second_build_of_a_store_being_built_is_refused(tmp_path, scenes):
     res = build(BuildConfig(f"coco:{scenes}", "train", out=str(out), scheduler="threads", workers=1, limit=2,
                             policy=ResizePolicy(short=0)))
     assert res.ok and res.built == 2 and not (tmp_path / "busy.zarr.lock").exists()
+
+
+def test_a_file_system_without_flock_builds_unlocked_with_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    import prn_data.lock as lock_mod
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_mod.fcntl, "flock", refuse)
+    with pytest.warns(UserWarning, match="cannot lock"):
+        with lock_mod.build_lock(str(tmp_path / "nfs.zarr")) as held:
+            assert held is None
