@@ -25,9 +25,7 @@ import torch
 from prn_data.errors import DatasetError, PrnError
 from prn_data.records import CategorySet, Segment
 
-from prn_data.panoptic_io import write_rgb_ids
-
-from .merge import coco_categories, postprocess, to_original_size
+from .merge import postprocess, to_original_size, write_panoptic_json, write_panoptic_png
 from .ppgbf import PostProcessConfig
 from .pq import FILE_VOID, MEMORY_VOID, ImageStats, PQStat, SegmentTable, pq_average, pq_image, read_png_ids
 
@@ -248,19 +246,19 @@ class _Evaluation:
 
     def _score(self, meta: dict, preds: dict, order: int, seq: int) -> None:
         gt_ids, gt_table, void = self._truth(meta)
-        png = Path(str(meta["file_name"])).with_suffix(".png").name
+        # the written JSON carries the ground truth's own image id (its type too), so panopticapi pairs them
+        image_id = self.gt.annotations[str(meta["image_id"])]["image_id"] if self.rank else meta["image_id"]
         for name, (pan, segs) in preds.items():
             if self.gt.mode == "original":
                 pan, segs = to_original_size(pan, segs, meta["orig_size"])
             if self.out_dir is not None:
-                write_rgb_ids(self.out_dir / name / "panoptic" / png, pan)
-                image_id = self.gt.annotations[str(meta["image_id"])]["image_id"] if self.rank else meta["image_id"]
-                self.anns[name][seq] = {"image_id": image_id, "file_name": png, "segments_info": [s.to_json() for s in segs]}
-            pred_ids = np.where(pan < 0, FILE_VOID, pan) if void == FILE_VOID else pan
+                png_dir = self.out_dir / name / "panoptic"
+                self.anns[name][seq] = write_panoptic_png(png_dir, image_id, str(meta["file_name"]), pan, segs)
             # as file-to-file scoring, a listed segment missing from the map is an error only for files
             where = None
             if self.gt.json is not None:
-                where = str(self.out_dir / name / "panoptic" / png) if self.out_dir is not None else f"{name} prediction of image {meta['image_id']}"
+                where = str(png_dir / self.anns[name][seq]["file_name"]) if self.out_dir is not None else f"{name} prediction of image {meta['image_id']}"
+            pred_ids = np.where(pan < 0, FILE_VOID, pan) if void == FILE_VOID else pan
             self.stats[name][order] = pq_image(gt_ids, gt_table, pred_ids, SegmentTable.from_segments(segs), void=void, categories=self.cat_ids, name=where)
 
     def close(self) -> None:
@@ -280,8 +278,7 @@ class _Evaluation:
             if self.out_dir is not None:
                 # the samples' order, whatever order the threads finished in
                 anns = [self.anns[name][k] for k in sorted(self.anns[name])]
-                with open(self.out_dir / name / "panoptic.json", "w") as f:
-                    json.dump({"annotations": anns, "categories": coco_categories(self.categories)}, f)
+                write_panoptic_json(self.out_dir / name / "panoptic.json", anns, self.categories)
             stat = PQStat()
             for k in sorted(self.stats[name]):
                 stat.add(self.stats[name][k])

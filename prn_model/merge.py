@@ -593,6 +593,23 @@ def coco_categories(categories: CategorySet) -> list[dict]:
     ]
 
 
+def write_panoptic_png(png_dir: Path, image_id: Any, file_name: str, panoptic: np.ndarray, segments: Sequence[Segment]) -> dict:
+    """Write one prediction's PNG into ``png_dir`` (named after ``file_name`` with a ``.png`` suffix;
+    ``panoptic (h, w)`` int with VOID = −1) and return its COCO panoptic annotation."""
+    from prn_data.panoptic_io import write_rgb_ids
+
+    png = Path(file_name).with_suffix(".png").name
+    write_rgb_ids(Path(png_dir) / png, panoptic)
+    return {"image_id": image_id, "file_name": png, "segments_info": [s.to_json() for s in segments]}
+
+
+def write_panoptic_json(path: str | Path, annotations: Sequence[dict], categories: CategorySet) -> Path:
+    """Write the COCO panoptic JSON of ``annotations`` (from :func:`write_panoptic_png`) to ``path``."""
+    with open(path, "w") as f:
+        json.dump({"annotations": list(annotations), "categories": coco_categories(categories)}, f)
+    return Path(path)
+
+
 def write_panoptic(
     out_dir: str | Path,
     items: Sequence[tuple[Any, str, np.ndarray, Sequence[Segment]]],
@@ -603,20 +620,11 @@ def write_panoptic(
 
     ``items``: ``(image_id, file_name, panoptic (h, w) int32 with VOID = −1, segments)`` per image; the
     PNG is named after ``file_name`` with a ``.png`` suffix. Returns the JSON's path."""
-    from prn_data.panoptic_io import write_rgb_ids
-
     out_dir = Path(out_dir)
     png_dir = out_dir / Path(json_name).stem
     png_dir.mkdir(parents=True, exist_ok=True)
-    anns = []
-    for image_id, file_name, pan, segs in items:
-        png = Path(file_name).with_suffix(".png").name
-        write_rgb_ids(png_dir / png, pan)
-        anns.append({"image_id": image_id, "file_name": png, "segments_info": [s.to_json() for s in segs]})
-    path = out_dir / json_name
-    with open(path, "w") as f:
-        json.dump({"annotations": anns, "categories": coco_categories(categories)}, f)
-    return path
+    anns = [write_panoptic_png(png_dir, *item) for item in items]
+    return write_panoptic_json(out_dir / json_name, anns, categories)
 
 
 __all__ = [
@@ -630,5 +638,7 @@ __all__ = [
     "postprocess",
     "to_original_size",
     "coco_categories",
+    "write_panoptic_png",
+    "write_panoptic_json",
     "write_panoptic",
 ]
