@@ -43,12 +43,9 @@ def decode_png(path: str | Path) -> np.ndarray:
     try:
         import imagecodecs
 
-        data = path.read_bytes()
-        return imagecodecs.spng_decode(data)
-    except ImportError:
+        return imagecodecs.spng_decode(path.read_bytes())
+    except Exception:  # not installed, or a file libspng refuses: the next decoder says what is wrong
         pass
-    except Exception:
-        pass  # let the next decoder say what is wrong with the file
     try:
         import cv2
     except ImportError:
