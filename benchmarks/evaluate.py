@@ -32,17 +32,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    from test_pq import perturb
+    from test_pq import perturb, repeat_images
 
+    from prn_data.datasets import open_dataset
     from prn_data.panoptic_io import read_rgb_ids
-    from prn_data.records import Category, CategorySet, Segment
+    from prn_data.records import Segment
     from prn_model.evaluate import GroundTruth, _Evaluation
     from prn_model.merge import write_panoptic
     from prn_model.pq import pq_compute
 
     sample = REPO / "prn_data" / "samples" / "coco" / "annotations"
     gt = json.loads((sample / "panoptic_val2017.json").read_text())
-    cats = CategorySet([Category(c["id"], c["name"], bool(c["isthing"]), i) for i, c in enumerate(gt["categories"])])
+    cats = open_dataset(f"coco:{sample.parent}", "val2017").categories
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sets = {}
@@ -53,7 +54,7 @@ def main() -> None:
                                 [Segment.from_json(s, cats) for s in a["segments_info"]])
                 for a in pred["annotations"]
             }
-        big = dict(gt, annotations=[dict(a, image_id=f"{a['image_id']}_{c}") for c in range(args.copies) for a in gt["annotations"]])
+        big = repeat_images(gt, args.copies)
         (tmp / "gt.json").write_text(json.dumps(big))
         anns = {str(a["image_id"]): a for a in big["annotations"]}
         truth = GroundTruth("original", "bench", json=tmp / "gt.json", png_dir=sample / "panoptic_val2017", annotations=anns)

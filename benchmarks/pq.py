@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic, pq_compute_single_core
-    from test_pq import perturb
+    from test_pq import perturb, repeat_images
 
     from prn_model.pq import pq_compute
 
@@ -42,11 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pred = json.loads(perturb(gt, sample / "panoptic_val2017", tmp, seed=0).read_text())
-        big_gt, big_pred = dict(gt, annotations=[]), dict(pred, annotations=[])
-        for c in range(args.copies):
-            for g, p in zip(gt["annotations"], pred["annotations"]):
-                big_gt["annotations"].append(dict(g, image_id=f"{g['image_id']}_{c}"))
-                big_pred["annotations"].append(dict(p, image_id=f"{p['image_id']}_{c}"))
+        big_gt, big_pred = repeat_images(gt, args.copies), repeat_images(pred, args.copies)
         (tmp / "gt.json").write_text(json.dumps(big_gt))
         (tmp / "pred_big.json").write_text(json.dumps(big_pred))
         n = len(big_gt["annotations"])

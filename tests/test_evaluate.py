@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from prn_data.cli import app
 from prn_model.pq import pq_compute, pq_from_arrays
-from test_pq import perturb
+from test_pq import perturb, repeat_images
 
 runner = CliRunner()
 
@@ -155,16 +155,16 @@ def test_evaluate_errors(trained, tmp_path):
 def test_streamed_scoring_is_bit_identical_to_scoring_the_written_files(perturbed, tmp_path):
     """The evaluator scores each image as it comes, in threads, out of order; the figures must still be
     those of pq_compute over the files it wrote (summed in the ground truth's order), bit for bit."""
+    from prn_data.datasets import open_dataset
     from prn_data.errors import DatasetError
     from prn_data.panoptic_io import read_rgb_ids
-    from prn_data.records import Category, CategorySet, Segment
+    from prn_data.records import Segment
     from prn_model.evaluate import GroundTruth, _Evaluation
 
     gt_json, gt_dir, pred_json, pred_dir = perturbed
-    gt = json.loads(gt_json.read_text())
-    cats = CategorySet([Category(c["id"], c["name"], bool(c["isthing"]), i) for i, c in enumerate(gt["categories"])])
+    cats = open_dataset(f"coco:{gt_json.parents[1]}", "val2017").categories
     pred = {a["image_id"]: a for a in json.loads(pred_json.read_text())["annotations"]}
-    big = dict(gt, annotations=[dict(a, image_id=f"{a['image_id']}_{c}") for c in range(6) for a in gt["annotations"]])
+    big = repeat_images(json.loads(gt_json.read_text()), 6)
     (tmp_path / "gt.json").write_text(json.dumps(big))
     truth = GroundTruth("original", "test", json=tmp_path / "gt.json", png_dir=gt_dir,
                         annotations={a["image_id"]: a for a in big["annotations"]})

@@ -109,6 +109,12 @@ def test_crowd_is_never_a_false_negative_and_covers_predictions():
 # --- files: cross-check with cityscapesscripts ----------------------------------------------------------
 
 
+def repeat_images(coco: dict, copies: int) -> dict:
+    """``coco`` (a COCO panoptic JSON's dict) with its annotations repeated ``copies`` times under distinct
+    image ids ``<id>_<copy>`` (the same PNGs): many images to score from the two-image sample."""
+    return dict(coco, annotations=[dict(a, image_id=f"{a['image_id']}_{c}") for c in range(copies) for a in coco["annotations"]])
+
+
 def perturb(gt_json: dict, gt_dir: Path, out_dir: Path, seed: int) -> Path:
     """Write a perturbed copy of the COCO sample ground truth as predictions: segments shifted, eroded,
     relabelled, dropped, split, merged, plus spurious segments on VOID / crowd; fresh random ids."""
