@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from prn_data.errors import PrnError
-from prn_model.coordconv import CoordConv2d, coord_map
+from prn_model.coordconv import CoordConv2d, add_coords, coord_map
 from prn_model.loss import prn_loss
 from prn_model.network import PRN, ModelConfigError, ModelInputError, PRNConfig, count_parameters
 from prn_model.pretrained import WeightsError, load_pretrained_encoder
@@ -359,7 +359,7 @@ def test_coordconv_equals_a_convolution_over_the_concatenated_coordinates(kernel
     ref_w = conv.weight.detach().clone().requires_grad_(True)
     ref_b = conv.bias.detach().clone().requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
-    cat = torch.cat((x_ref, coord_map(3, 9, 11)), dim=1)
+    cat = add_coords(x_ref)  # the concatenated form: [x, y-coords, x-coords]
     ref = F.conv2d(cat, ref_w, ref_b, stride, kernel // 2)
     assert y.shape == ref.shape
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
