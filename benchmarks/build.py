@@ -4,7 +4,7 @@
 
 Data: a temporary COCO-panoptic dataset of ``--copies`` images made from the two shipped COCO val2017
 samples (427×640 and 360×640) plus the first one extended to 512×640 (reflected image, VOID labels), so the
-DESIGN §3 policy gives 534×800, 450×800 and 640×800 samples and the canvas is 640×800; base network
+default resize policy (README "Conventions") gives 534×800, 450×800 and 640×800 samples and the canvas is 640×800; base network
 ``simulated`` with 133-class probabilities (160×200).
 
 Prints, in one process:

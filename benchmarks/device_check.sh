@@ -44,7 +44,7 @@ step() {  # step NAME COMMAND...: time it, log it, show its tail, go on whatever
   tail -n 25 "$OUT/$name.log"
 }
 
-prn() { $PY -c "from prn_data.cli import main; main()" "$@"; }
+prn() { $PY -c "from prn_model.cli import main; main()" "$@"; }
 
 if [ "$QUICK" = 1 ]; then
   step postprocess $PY benchmarks/postprocess.py --device "$DEVICE" --no-reference --repeat 2 --size 160 192 --centers 10

@@ -1,6 +1,6 @@
 """Scoring step of ``prn evaluate``: streamed (each image written and reduced to its PQ counts as it comes,
-``prn_model.evaluate._Evaluation``) against the way it worked before (every prediction held until the end,
-then all written and scored file to file with ``prn_model.pq.pq_compute``), in one process.
+``prn_model.scoring.StreamedScorer``) against the way it worked before (every prediction held until the end,
+then all written and scored file to file with ``prn_data.pq.pq_compute``), in one process.
 
 Two prediction sets (as base and PRN) of the COCO sample repeated ``--copies`` times at original size: two
 perturbed copies of the ground truth (tests/test_pq.py's perturbation). Prints wall time per image, the peak
@@ -15,13 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+
+from prn_data.datasets import open_dataset
+from prn_data.panoptic_io import read_rgb_ids
+from prn_data.pq import pq_compute
+from prn_data.records import Segment
+from prn_data.testing import perturb, repeat_images
+from prn_model.predictions import write_panoptic
+from prn_model.scoring import GroundTruth, StreamedScorer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,15 +38,6 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=50)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_pq import perturb, repeat_images
-
-    from prn_data.datasets import open_dataset
-    from prn_data.panoptic_io import read_rgb_ids
-    from prn_data.records import Segment
-    from prn_model.evaluate import GroundTruth, _Evaluation
-    from prn_model.merge import write_panoptic
-    from prn_model.pq import pq_compute
 
     sample = REPO / "prn_data" / "samples" / "coco" / "annotations"
     gt = json.loads((sample / "panoptic_val2017.json").read_text())
@@ -80,7 +78,7 @@ def main() -> None:
             return res
 
         def streamed(out: Path) -> dict:
-            ev = _Evaluation(truth, cats, out, tuple(sets), args.workers)
+            ev = StreamedScorer(truth, cats, tuple(sets), out_dir=out, workers=args.workers)
             try:
                 for meta, preds in samples():
                     ev.add(meta, preds)

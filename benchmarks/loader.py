@@ -4,13 +4,13 @@
                                           [--workers 0 1 2]
 
 Data: the two shipped COCO val2017 images (``prn_data/samples/coco``) built into a temporary store with the
-``simulated`` base network and the DESIGN §3 resize policy (534×800 and 450×800 samples on a 544×800 canvas,
+``simulated`` base network and the default resize policy (README "Conventions") (534×800 and 450×800 samples on a 544×800 canvas,
 133-class base probabilities at 1/4). The loader cycles over them, so each batch re-reads and re-decodes.
 
 Two ways to produce the same training samples (padded canvas, flip + GridMask, collated Batch):
 
 1. **store** — :class:`prn_model.data.StoreDataset` through :func:`prn_model.data.make_loader` (read and
-   decompress the stored codes, augment them, decode them into the batch); also with ``decode="device"``
+   decompress the stored codes, augment them, decode them into the batch through the store's decoder); also with ``decode="device"``
    (workers ship the stored integer codes; the trainer decodes them on its device — the CPU cost of that
    decode is printed separately);
 2. **on the fly** — what a Panoptic-DeepLab-style loader must do per sample to feed PRN, no less, no more:
@@ -25,8 +25,8 @@ The headline figures are **CPU time per sample** with 0 workers (``time.process_
 ``torch.set_num_threads(1)``, median of ``--repeats`` runs): CPU time does not depend on what else the
 shared machine runs, and it is what bounds samples/s per worker. Wall-clock samples/s for 0, 1, 2 workers
 (``forkserver``, collate in the worker; first batch untimed) follow, with the ratio at equal worker
-counts; on a loaded machine those are noisy. Goals (issue 7): ≥ 5× the on-the-fly way, ≥ 30 samples/s
-per worker.
+counts; on a loaded machine those are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
+(README "Performance").
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def export_base(tmp: Path) -> str:
 
 def cpu_per_sample(dataset, batch_size: int, batches: int, repeats: int) -> tuple[float, float]:
     """``(median, min)`` CPU ms per sample over ``repeats`` runs of ``batches`` batches, 0 workers."""
-    from prn_model.data import TrainSampler, make_loader
+    from prn_model.data import make_loader
+    from prn_model.sampler import TrainSampler
 
     runs = []
     it = iter(make_loader(dataset, batch_size, TrainSampler(len(dataset), seed=0), num_workers=0))
@@ -124,7 +125,8 @@ def cpu_per_sample(dataset, batch_size: int, batches: int, repeats: int) -> tupl
 def measure(dataset, batch_size: int, workers: int, batches: int) -> tuple[float, float]:
     """``(samples/s, CPU ms per sample of this process)`` over ``batches`` batches after one untimed
     warm-up batch (the CPU figure covers all the work only when ``workers == 0``)."""
-    from prn_model.data import TrainSampler, make_loader
+    from prn_model.data import make_loader
+    from prn_model.sampler import TrainSampler
 
     loader = make_loader(dataset, batch_size, TrainSampler(len(dataset), seed=0), num_workers=workers)
     it = iter(loader)
@@ -153,7 +155,8 @@ def main() -> None:
 
     torch.set_num_threads(1)  # one core per loader process, as in a DataLoader worker
     from prn_model.augment import AugmentConfig
-    from prn_model.data import StoreDataset, collate, decode_batch
+    from prn_model.batch import collate, decode_batch
+    from prn_model.data import StoreDataset
 
     aug = AugmentConfig()  # flip 0.5, GridMask 0.5: the paper's training augmentation, identical for both
     with tempfile.TemporaryDirectory() as tmp:

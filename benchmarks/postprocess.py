@@ -19,14 +19,21 @@ Usage: ``python benchmarks/postprocess.py [--centers 100] [--classes 133] [--dev
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from prn_data.records import Category, CategorySet, Segment
+from prn_data.targets import compute_targets
+from prn_model.merge import postprocess
+from prn_model.ppgbf import PostProcessConfig
 
 BASELINE_REV = "cf89146"  # prn_model.ppgbf / merge before the speed-up
 
@@ -34,8 +41,6 @@ BASELINE_REV = "cf89146"  # prn_model.ppgbf / merge before the speed-up
 def load_baseline(rev: str):
     """``postprocess`` of ``prn_model/{ppgbf,merge}.py`` at git revision ``rev``, imported from a temporary
     package ``postprocess_baseline``."""
-    import tempfile
-
     repo = Path(__file__).resolve().parents[1]
     pkg = Path(tempfile.mkdtemp()) / "postprocess_baseline"
     pkg.mkdir()
@@ -45,16 +50,11 @@ def load_baseline(rev: str):
                              check=True, capture_output=True, text=True).stdout
         (pkg / f"{name}.py").write_text(src)
     sys.path.insert(0, str(pkg.parent))
-    from postprocess_baseline.merge import postprocess
-
-    return postprocess
+    return importlib.import_module("postprocess_baseline.merge").postprocess
 
 
 def synthetic_outputs(h: int, w: int, n: int, num_classes: int, seed: int = 0):
     """Ideal PRN outputs (with noisy offsets) of a random scene: returns ``(outputs, categories)``."""
-    from prn_data.records import Category, CategorySet, Segment
-    from prn_data.targets import compute_targets
-
     rng = np.random.default_rng(seed)
     cats = CategorySet([Category(i + 1, f"c{i}", i < num_classes // 2, i) for i in range(num_classes)])
     things = [c for c in cats if c.isthing]
@@ -95,8 +95,6 @@ def synthetic_outputs(h: int, w: int, n: int, num_classes: int, seed: int = 0):
 def reference_grouping(center: torch.Tensor, offsets: torch.Tensor, thing: torch.Tensor, threshold=0.2, kernel=7, top_k=200):
     """Panoptic-DeepLab's reference grouping: max-pool NMS, then one ``(K, H·W)`` distance tensor over
     every pixel (its layout: centers (K, 1, 2) minus pixel targets (1, H·W, 2), norm over the last axis)."""
-    import torch.nn.functional as F
-
     heat = center[0, 0]
     pooled = F.max_pool2d(center, kernel, 1, kernel // 2)[0, 0]
     heat = torch.where(heat == pooled, heat, torch.full_like(heat, -1))
@@ -126,9 +124,6 @@ def timed(fn, repeat: int, sync) -> tuple[float, float]:
 
 
 def main() -> None:
-    from prn_model.merge import postprocess
-    from prn_model.ppgbf import PostProcessConfig
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--centers", type=int, default=100)
     ap.add_argument("--classes", type=int, default=133)

@@ -1,4 +1,4 @@
-"""PQ speed: prn_model.pq.pq_compute against cityscapesscripts' evaluatePanoptic (a line-for-line port of
+"""PQ speed: prn_data.pq.pq_compute against cityscapesscripts' evaluatePanoptic (a line-for-line port of
 panopticapi's pq_compute) on the same files, in one process, and a check that every figure agrees.
 
 The files: the COCO sample's ground truth repeated ``--copies`` times (distinct image ids, the same PNGs)
@@ -18,10 +18,14 @@ import contextlib
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic, pq_compute_single_core
+
+from prn_data.pq import pq_compute
+from prn_data.testing import perturb, repeat_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +35,6 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=50)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
-    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic, pq_compute_single_core
-    from test_pq import perturb, repeat_images
-
-    from prn_model.pq import pq_compute
-
     sample = REPO / "prn_data" / "samples" / "coco" / "annotations"
     gt = json.loads((sample / "panoptic_val2017.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import time
 
+import torch
+
+from prn_data.store import open_store
+from prn_model.checkpoint import load_checkpoint
+from prn_model.devices import resolve_device
+from prn_model.evaluate import predict
+
 
 def main() -> None:
-    import torch
-
-    from prn_data.store import open_store
-    from prn_model.evaluate import predict
-    from prn_model.train import load_checkpoint, resolve_device
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default="cache/demo/val.zarr")
     ap.add_argument("--checkpoint", default="cache/demo/run/model.pt")
@@ -32,7 +33,7 @@ def main() -> None:
     model, _ = load_checkpoint(args.checkpoint, dev)
     idx = [i for i in range(len(store)) if store.done[i]][: args.limit]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    list(predict(model, store, idx[: max(args.batch)], dev, max(args.batch)))  # warm-up
+    list(predict(model, store, idx[: max(args.batch)], device=dev, batch=max(args.batch)))  # warm-up
     print(f"{args.store}: {len(idx)} images, canvas {tuple(store.attrs['canvas'])}, device {dev}, "
           f"torch threads {torch.get_num_threads()}")
     for b in args.batch:
@@ -41,7 +42,7 @@ def main() -> None:
             for pf in (False, True):
                 sync()
                 t0 = time.perf_counter()
-                n = sum(1 for _ in predict(model, store, idx, dev, b, prefetch=pf))
+                n = sum(1 for _ in predict(model, store, idx, device=dev, batch=b, prefetch=pf))
                 sync()
                 ms[pf] = 1000 * (time.perf_counter() - t0) / n
             print(f"batch {b} round {r + 1}: read in line {ms[False]:7.2f} ms/image, reader thread {ms[True]:7.2f} "

@@ -1,4 +1,4 @@
-"""Packing a store into one zip: STORED vs DEFLATED members (issue 5).
+"""Packing a store into one zip: STORED vs DEFLATED members (README "Sharing stores").
 
 Prints, for one built store, the zip's size relative to the store folder, the time to pack, and the time
 to read every sample back (``Store.read_sample``) from the folder and from each zip, as ratios against the
@@ -17,6 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from prn_data.share import pack
+from prn_data.store import open_store
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,8 +29,6 @@ def _dir_bytes(path: Path) -> int:
 
 def _read_all(url: str, repeats: int) -> float:
     """Best-of-``repeats`` seconds to open the store and decode every done sample."""
-    from prn_data.store import open_store
-
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -44,8 +45,6 @@ def main() -> None:
     ap.add_argument("--store", type=Path, help="a built store folder (default: build the COCO sample)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from prn_data.share import pack
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = args.store

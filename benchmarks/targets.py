@@ -5,10 +5,10 @@ way Panoptic-DeepLab's reference target generator works), on 640×800 maps, in t
 
 Prints ms per image (median wall, min wall and median CPU time of this process, one thread; the two
 generators run alternately so both see the same machine load) for each scene: the shipped COCO samples
-resized by the DESIGN §3 policy (534×800 and 450×800), the same padded with VOID to 640×800, and seeded
+resized by the paper's §4.2 policy (534×800 and 450×800), the same padded with VOID to 640×800, and seeded
 synthetic 640×800 scenes with exactly 30 and 100 segments; and the speed-up ratio (median of the
 per-run CPU-time ratios, the steadier figure on a machine shared with other work).
-Goals (issue 2): ≥ 3× the per-segment way; ≤ 10 ms per 640×800 image with 30 segments on one core.
+Goals: ≥ 3× the per-segment way; ≤ 10 ms per 640×800 image with 30 segments on one core.
 Not run by CI. :func:`reference_targets` is also the reference the real-data tests compare against.
 """
 
@@ -149,7 +149,7 @@ def synthetic_scene(n_segments: int, size: tuple[int, int] = (640, 800), seed: i
 
 
 def coco_scenes(canvas: tuple[int, int] = (640, 800)):
-    """The shipped COCO samples resized by the DESIGN §3 policy (via ``open_dataset`` and
+    """The shipped COCO samples resized by the paper's §4.2 policy (via ``open_dataset`` and
     ``prn_data.resize``), each as resized and placed on a VOID-padded 640×800 canvas, as
     ``(name, panoptic, segments)``."""
     from prn_data.datasets import open_dataset

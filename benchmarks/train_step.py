@@ -23,15 +23,16 @@ import torch
 from torch.nn import functional as F
 
 from model import make_batch, train_step  # benchmarks/model.py (this script's folder is on sys.path)
+from prn_model.config import load_config
+from prn_model.coordconv import CoordConv2d, add_coords
+from prn_model.loss import prn_loss
+from prn_model.network import PRN
+from prn_model.train import model_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from prn_model.config import load_config
-    from prn_model.network import PRN
-    from prn_model.train import model_config
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "workflows" / "demo.yaml"))
     ap.add_argument("--size", type=int, nargs=2, default=(128, 160))
@@ -48,9 +49,6 @@ def main() -> None:
     model = PRN(model_config(cfg, args.classes, list(range(args.classes // 2))))
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     x, batch = make_batch(args.batch, *args.size, cpu, classes=args.classes)
-
-    from prn_model.coordconv import CoordConv2d, add_coords
-
     split_forward = CoordConv2d.forward
 
     def cat_forward(self, x):
@@ -69,8 +67,6 @@ def main() -> None:
             step()
         CoordConv2d.forward = split_forward
         return (time.perf_counter() - t0) / args.steps
-
-    from prn_model.loss import prn_loss
 
     def saved_mib(forward) -> float:
         CoordConv2d.forward = forward

@@ -1,4 +1,4 @@
-"""``prn verify`` and ``prn stats`` reading a store (issue 5). Not run by CI.
+"""``prn verify`` and ``prn stats`` reading a store (README "Command reference": `prn verify`, `prn stats`). Not run by CI.
 
 Prints, on a built store (default: builds ``synthetic:16`` with the simulated base): ``verify``'s checksum
 pass with 1 thread (the baseline, in this same process) and its speed-up with 2 and 4 threads; ``stats``
@@ -51,18 +51,18 @@ def main() -> None:
         from prn_data.store import open_store
 
         st = open_store(str(store), mode="r")
-        labels_only = stats._read_labels
+        labels_only = stats.read_labels
         t_labels = t_full = float("inf")
         for _ in range(args.repeats):
-            stats._read_labels = labels_only
+            stats.read_labels = labels_only
             t = time.perf_counter()
             a = stats.store_stats(st, workers=1)
             t_labels = min(t_labels, time.perf_counter() - t)
-            stats._read_labels = lambda s, i: s.read_sample(i)
+            stats.read_labels = lambda s, i: s.read_sample(i)
             t = time.perf_counter()
             b = stats.store_stats(st, workers=1)
             t_full = min(t_full, time.perf_counter() - t)
-        stats._read_labels = labels_only
+        stats.read_labels = labels_only
         assert a == b
         print(f"stats: whole samples {t_full / n * 1000:.0f} ms/sample (baseline 1.00); "
               f"id maps + segments only: speed-up {t_full / t_labels:.1f}×")

@@ -1,4 +1,4 @@
-"""The parallel, resumable build of a prn store with Dask (DESIGN §1.1, §5; issue 3).
+"""The parallel, resumable build of a prn store with Dask (README "The store (Zarr v3)").
 
 Plan (driver): open the dataset; the canvas is the largest resized ``(h, w)`` over its samples (from
 ``orig_size``, no pixel decode), each side rounded up to a multiple of 32 so PRN takes it directly; create
@@ -22,19 +22,35 @@ stopped. Metadata is consolidated once, at the end. Dask threads × zarr threads
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+import zarr
+from distributed import Client, LocalCluster, as_completed
+
+from . import __version__
+from .base import BaseNetwork, open_base
+from .base.encode import encode_base
+from .datasets import Dataset, open_dataset, open_described
 from .errors import DatasetError, PrnError, StoreError
+from .location import local_path
 from .lock import build_lock
-from .resize import ResizePolicy
-from .store import DEFAULT_SHARD_SIZE, Store, create_store, encode_sample, open_store
+from .resize import ResizePolicy, resize_sample
+from .store import DEFAULT_SHARD_SIZE, Store, create_store, encode_sample, looks_like_prn_store, open_store
+from .targets import TargetParams, compute_targets
+
+try:
+    from numcodecs import blosc
+except ImportError:  # pragma: no cover - a numcodecs built without Blosc
+    blosc = None
 
 CANVAS_MULTIPLE = 32
 
@@ -47,6 +63,7 @@ class BuildConfig:
 
     dataset: str
     split: str
+    _: KW_ONLY
     base: str = "none"
     out: str | None = None
     limit: int | None = None
@@ -55,11 +72,11 @@ class BuildConfig:
     shard_size: int | None = None
     overwrite: bool = False
     policy: ResizePolicy = field(default_factory=ResizePolicy)
-    params: Any = None  # prn_data.targets.TargetParams; default built lazily
+    params: TargetParams | None = None  # None: TargetParams()
     image_codec: str = "zstd"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildResult:
     """Outcome of a build: the store's URL, counts and the samples that failed."""
 
@@ -86,7 +103,7 @@ def default_out(dataset_name: str, split: str, base: str) -> str:
     return str(Path("cache") / f"{sanitize(dataset_name)}-{sanitize(split)}-{sanitize(base)}.zarr")
 
 
-def plan_canvas(dataset, n: int, policy: ResizePolicy) -> tuple[int, int]:
+def plan_canvas(dataset: Dataset, n: int, policy: ResizePolicy) -> tuple[int, int]:
     """Largest resized ``(h, w)`` over the first ``n`` samples, each rounded up to a multiple of 32."""
     H = W = 1
     for i in range(n):
@@ -106,9 +123,7 @@ def git_revision() -> str | None:
         return None
 
 
-def _store_attrs(cfg: BuildConfig, dataset, params) -> dict:
-    from . import __version__
-
+def _store_attrs(cfg: BuildConfig, dataset: Dataset, params: TargetParams) -> dict:
     return {
         "dataset": dataset.describe(),
         "dataset_name": dataset.name,
@@ -123,7 +138,8 @@ def _store_attrs(cfg: BuildConfig, dataset, params) -> dict:
     }
 
 
-def _check_resume(store: Store, cfg: BuildConfig, dataset, n: int, canvas, params) -> None:
+def _check_resume(store: Store, cfg: BuildConfig, *, dataset: Dataset, n: int, canvas: tuple[int, int],
+                  params: TargetParams) -> None:
     """A store being resumed must describe the same build; otherwise say what differs."""
     a = store.attrs
     want = {
@@ -144,15 +160,13 @@ def _check_resume(store: Store, cfg: BuildConfig, dataset, n: int, canvas, param
                          "use --overwrite to rebuild it or --out for another store")
 
 
-def _jsonish(v):
-    import json
-
+def _jsonish(v: Any) -> Any:
     return json.loads(json.dumps(v))
 
 
 # --------------------------------------------------------------------------------------------- worker side
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShardJob:
     """One shard's work: its pending samples (``todo``), the done ones whose bytes it keeps, and what is
     needed to recompute a sample anywhere (dataset description, base spec, policy, target params)."""
@@ -164,7 +178,7 @@ class ShardJob:
     dataset: dict  # Dataset.describe()
     base: str
     policy: ResizePolicy
-    params: Any
+    params: TargetParams
     token: str = ""  # one per build run: worker caches never outlive the run that filled them
 
 
@@ -172,7 +186,7 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _cached(token: str, key, make):
+def _cached(token: str, key: str, make: Callable[[], Any]) -> Any:
     with _CACHE_LOCK:
         if _CACHE.get("token") != token:
             _CACHE.clear()
@@ -184,33 +198,21 @@ def _cached(token: str, key, make):
 
 def bound_zarr_concurrency(threads: int = 1) -> None:
     """Keep zarr's async concurrency and thread pool, Blosc and torch small: Dask already runs one task per
-    core, and zarr's defaults (10 async operations, an unbounded pool) oversubscribe small machines
-    (DESIGN §8). Process-wide; called by every build task."""
-    import zarr
-
+    core, and zarr's defaults (10 async operations, an unbounded pool) oversubscribe small machines.
+    Process-wide; called by every build task."""
     zarr.config.set({"async.concurrency": 4, "threading.max_workers": max(1, threads)})
-    try:
-        from numcodecs import blosc
-
+    if blosc is not None:
         blosc.use_threads = False  # Blosc's global pool is unsafe after fork (numcodecs #41)
-    except ImportError:  # pragma: no cover
-        pass
     # Dask runs one sample per core already; torch's own intra-op pool (the base encoding resizes the
     # probabilities with torch) would multiply the threads and spin-wait on the same cores.
-    import torch
-
     if torch.get_num_threads() != threads:
         torch.set_num_threads(max(1, threads))
 
 
-def make_sample(dataset, base, index: int, policy: ResizePolicy, params, num_classes: int) -> tuple[dict, dict]:
+def make_sample(dataset: Dataset, base: BaseNetwork | None, index: int, policy: ResizePolicy, params: TargetParams,
+                num_classes: int) -> tuple[dict, dict]:
     """``(maps, meta)`` of sample ``index``: resized image, targets and base inputs under their store paths,
     and the small per-sample values. Pure computation; errors propagate."""
-    import json
-
-    from .resize import resize_sample
-    from .targets import compute_targets
-
     raw = dataset.load(index)
     s = resize_sample(raw, policy)
     t = compute_targets(s.panoptic, s.segments, params, source=s.file_name)
@@ -223,8 +225,6 @@ def make_sample(dataset, base, index: int, policy: ResizePolicy, params, num_cla
         "gt/segments": json.dumps([seg.to_json() for seg in s.segments]),
     }
     if base is not None:
-        from .base.encode import encode_base
-
         pred = base.predict([raw])[0]
         b = encode_base(pred, s.size, num_classes, params)
         maps |= {"base/instance": b["instance"], "base/semantic": b["semantic"], "base/panoptic": b["panoptic"]}
@@ -232,7 +232,7 @@ def make_sample(dataset, base, index: int, policy: ResizePolicy, params, num_cla
     return maps, meta
 
 
-def _failure(dataset, index: int, exc: BaseException) -> dict:
+def _failure(dataset: Dataset, index: int, exc: BaseException) -> dict:
     if isinstance(exc, DatasetError) and exc.path:
         file, problem = exc.path, exc.problem
     else:
@@ -244,10 +244,7 @@ def _failure(dataset, index: int, exc: BaseException) -> dict:
     return {"index": int(index), "file": str(file), "error": problem}
 
 
-def _context(job: ShardJob):
-    from .base import open_base
-    from .datasets import open_described
-
+def _context(job: ShardJob) -> tuple[Dataset, BaseNetwork | None, Store]:
     bound_zarr_concurrency()
     dataset = _cached(job.token, "dataset", lambda: open_described(job.dataset))
     base = _cached(job.token, "base", lambda: open_base(job.base, dataset.categories))
@@ -286,13 +283,11 @@ def run_shard(job: ShardJob) -> dict:
 
 # --------------------------------------------------------------------------------------------- driver
 
-def _client(scheduler: str | None, workers: int):
+def _client(scheduler: str | None, workers: int) -> tuple[Client, LocalCluster | None]:
     """A dask.distributed client: by default a local in-process cluster of ``workers`` threads (measured
     faster than worker processes on a 2-core machine: no re-imports, no transfers to the shard writer);
     ``"processes"`` for a local cluster of ``workers`` single-threaded processes (a GIL-bound base network);
     or the address of a running scheduler (its workers must see the store's path or URL)."""
-    from distributed import Client, LocalCluster
-
     if scheduler in (None, "", "local", "threads"):
         cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0",
                                silence_logs=40)
@@ -315,10 +310,6 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
     store's ``failures`` attribute. A local store is locked for the build (:mod:`prn_data.lock`): a second
     build of it raises :class:`StoreError` instead of writing the same shards.
     """
-    from .base import open_base
-    from .datasets import open_dataset
-    from .targets import TargetParams
-
     t0 = time.perf_counter()
     params = cfg.params or TargetParams()
     dataset = open_dataset(cfg.dataset, cfg.split)
@@ -329,10 +320,13 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
     out = cfg.out or default_out(dataset.name, cfg.split, cfg.base)
     canvas = plan_canvas(dataset, n, cfg.policy)
     with build_lock(out):
-        return _build_locked(cfg, dataset, n, out, canvas, params, on_progress, t0)
+        return _build_locked(cfg, dataset=dataset, n=n, out=out, canvas=canvas, params=params,
+                             on_progress=on_progress, t0=t0)
 
 
-def _build_locked(cfg: BuildConfig, dataset, n: int, out: str, canvas, params, on_progress, t0: float) -> BuildResult:
+def _build_locked(cfg: BuildConfig, *, dataset: Dataset, n: int, out: str, canvas: tuple[int, int],
+                  params: TargetParams, on_progress: Callable[[int, int, int], None] | None,
+                  t0: float) -> BuildResult:
     existing, overwrite = None, cfg.overwrite
     if not overwrite:
         try:
@@ -343,7 +337,7 @@ def _build_locked(cfg: BuildConfig, dataset, n: int, out: str, canvas, params, o
             elif _store_exists(out):
                 raise
     if existing is not None:
-        _check_resume(existing, cfg, dataset, n, canvas, params)
+        _check_resume(existing, cfg, dataset=dataset, n=n, canvas=canvas, params=params)
         store = existing
     else:
         store = create_store(out, n=n, canvas=canvas, categories=dataset.categories,
@@ -359,7 +353,8 @@ def _build_locked(cfg: BuildConfig, dataset, n: int, out: str, canvas, params, o
         idx = range(k * S, min(n, (k + 1) * S))
         todo = tuple(i for i in idx if not done[i])
         if todo:
-            jobs.append(ShardJob(out, k, todo, tuple(i for i in idx if done[i]), desc, cfg.base, cfg.policy, params))
+            jobs.append(ShardJob(store=out, shard=k, todo=todo, keep=tuple(i for i in idx if done[i]), dataset=desc,
+                                 base=cfg.base, policy=cfg.policy, params=params))
     total = sum(len(j.todo) for j in jobs)
     skipped = n - total
     failures: list[dict] = []
@@ -367,38 +362,31 @@ def _build_locked(cfg: BuildConfig, dataset, n: int, out: str, canvas, params, o
     if on_progress:
         on_progress(0, total, 0)
     if jobs:
-        built, failures = _run_jobs(store, jobs, cfg, total, on_progress)
+        built, failures = _run_jobs(store, jobs, cfg, total=total, on_progress=on_progress)
     # samples that failed in an earlier run and are still not done stay listed
     done = store.done
     prior = [f for f in store.failures if not done[f["index"]] and f["index"] not in {g["index"] for g in failures}]
     failures = sorted(prior + failures, key=lambda f: f["index"])
     store.set_attrs(failures=failures, complete=bool(done.all()))
     store.consolidate()
-    return BuildResult(out, n, built, skipped, failures, time.perf_counter() - t0)
+    return BuildResult(store=out, n_samples=n, built=built, skipped=skipped, failures=failures,
+                       seconds=time.perf_counter() - t0)
 
 
 def _half_created(url: str) -> bool:
-    from .location import local_path
-    from .store import _looks_like_prn_store
-
-    return ((local_path(url) is not None) and local_path(url).is_dir() and _looks_like_prn_store(local_path(url), True)
-            and not _looks_like_prn_store(local_path(url)))
+    return ((local_path(url) is not None) and local_path(url).is_dir() and looks_like_prn_store(local_path(url), True)
+            and not looks_like_prn_store(local_path(url)))
 
 
 def _store_exists(url: str) -> bool:
-    from .location import local_path
-
     return (local_path(url) is not None) and local_path(url).exists() and any(local_path(url).iterdir())
 
 
-def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, total: int, on_progress) -> tuple[int, list]:
+def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, *, total: int,
+              on_progress: Callable[[int, int, int], None] | None) -> tuple[int, list]:
     """Per shard: one task per pending sample and one writer task depending on them (higher priority, so
     a shard is written as soon as its samples are ready). Only a window of shards is in flight, which
     bounds the compressed samples held in worker memory; the driver writes ``done`` after each writer."""
-    from distributed import as_completed
-
-    import torch
-
     workers = cfg.workers or os.cpu_count() or 1
     torch_threads = torch.get_num_threads()  # in-process workers set it to 1; give it back afterwards
     client, cluster = _client(cfg.scheduler, workers)

@@ -7,9 +7,16 @@ the *done* samples over their stored size (chunks never written count as neither
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
+import zarr
+from rich.console import Console
+from rich.table import Table
+from zarr.abc.codec import Codec
+
+from .store import open_store
 
 # Root attributes shown in the summary, each under the first of its candidate names present (the rest of
 # the attributes go to the provenance section, so nothing recorded is hidden).
@@ -23,7 +30,7 @@ _SUMMARY_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _codec_str(codec: Any) -> str:
+def _codec_str(codec: Codec) -> str:
     """``"zstd(level=3)"`` from a zarr codec object."""
     d = codec.to_dict()
     conf = d.get("configuration") or {}
@@ -31,7 +38,7 @@ def _codec_str(codec: Any) -> str:
     return f"{d['name']}({args})" if args else str(d["name"])
 
 
-def array_info(array: Any, n_done: int | None = None) -> dict:
+def array_info(array: zarr.Array, n_done: int | None = None) -> dict:
     """Layout and size of one ``zarr.Array``: path, shape, dtype, chunks, shards (``None`` when not
     sharded), dimension names, codec chain (filters → serializer → compressors, inside the shard), stored
     bytes, decoded bytes of the done samples, and their ratio. ``n_done`` scales the decoded size when the
@@ -76,10 +83,6 @@ def store_info(url: str) -> dict:
     - ``provenance``: every other root attribute (package version, git revision, creation time, target
       and resize parameters, …).
     """
-    import zarr
-
-    from .store import open_store
-
     store = open_store(str(url), mode="r")
     group = store.group
     attrs = dict(store.attrs)
@@ -135,12 +138,8 @@ def _short_codec(text: str) -> str:
     return "bytes" if text.startswith("bytes(") else text
 
 
-def render_info(info: dict, console: Any) -> None:
+def render_info(info: dict, console: Console) -> None:
     """Print :func:`store_info`'s dict as rich tables on ``console``."""
-    import json
-
-    from rich.table import Table
-
     s = info["summary"]
     head = Table(title=f"prn store {info['url']}", show_header=False, box=None)
     for k in ("dataset", "split", "base", "prn_schema", "canvas", "label_divisor", "num_categories"):

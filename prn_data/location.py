@@ -9,10 +9,15 @@ read through :func:`whole_object_ranges`, since fsspec's HTTP ``cat_file`` does 
 
 from __future__ import annotations
 
+import urllib.request
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Iterable
+
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import FsspecStore, LocalStore, WrapperStore, ZipStore
 
 from .errors import StoreError
 
@@ -39,8 +44,6 @@ def http_supports_ranges(url: str, timeout: float = 10.0) -> bool:
     """Whether the server behind ``url`` (a store root) answers a byte-range request for its ``zarr.json``
     with ``206 Partial Content``. Errors count as "supported": there is nothing to work around then, and
     opening reports the real problem."""
-    import urllib.request
-
     req = urllib.request.Request(url.rstrip("/") + "/zarr.json", headers={"Range": "bytes=0-0"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -49,64 +52,66 @@ def http_supports_ranges(url: str, timeout: float = 10.0) -> bool:
         return True
 
 
-def whole_object_ranges(store: Any, max_cache_bytes: int = 256 << 20) -> Any:
+class WholeObjectRangeStore(WrapperStore):
+    """A read-only zarr store whose server ignores byte ranges: every ranged read fetches the whole object
+    once (kept in an LRU cache of at most ``max_cache_bytes``) and slices it locally."""
+
+    def __init__(self, store: Store, max_cache_bytes: int = 256 << 20) -> None:
+        super().__init__(store)
+        self.max_cache_bytes = max_cache_bytes
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
+
+    async def _whole(self, key: str, prototype: BufferPrototype) -> bytes | None:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        buf = await self._store.get(key, prototype)
+        if buf is None:
+            return None
+        data = buf.to_bytes()
+        self._cache[key] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > self.max_cache_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= len(dropped)
+        return data
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if byte_range is None:
+            return await self._store.get(key, prototype)
+        data = await self._whole(key, prototype)
+        if data is None:
+            return None
+        if isinstance(byte_range, RangeByteRequest):
+            part = data[byte_range.start : byte_range.end]
+        elif isinstance(byte_range, OffsetByteRequest):
+            part = data[byte_range.offset :]
+        elif isinstance(byte_range, SuffixByteRequest):
+            part = data[-byte_range.suffix :] if byte_range.suffix else b""
+        else:
+            raise ValueError(f"unexpected byte range {byte_range!r}")
+        return prototype.buffer.from_bytes(part)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+
+def whole_object_ranges(store: Store, max_cache_bytes: int = 256 << 20) -> WholeObjectRangeStore:
     """Wrap a read-only zarr store whose server ignores byte ranges: every ranged read fetches the whole
     object once (kept in an LRU cache of at most ``max_cache_bytes``) and slices it locally, so reading the
     samples of one shard in turn downloads the shard once."""
-    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-    from zarr.storage import WrapperStore
-
-    class WholeObjectRangeStore(WrapperStore):
-        def __init__(self, inner: Any) -> None:
-            super().__init__(inner)
-            self._cache: OrderedDict[str, bytes] = OrderedDict()
-            self._cached_bytes = 0
-
-        async def _whole(self, key: str, prototype: Any) -> bytes | None:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            buf = await self._store.get(key, prototype)
-            if buf is None:
-                return None
-            data = buf.to_bytes()
-            self._cache[key] = data
-            self._cached_bytes += len(data)
-            while self._cached_bytes > max_cache_bytes and len(self._cache) > 1:
-                _, dropped = self._cache.popitem(last=False)
-                self._cached_bytes -= len(dropped)
-            return data
-
-        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-            if byte_range is None:
-                return await self._store.get(key, prototype)
-            data = await self._whole(key, prototype)
-            if data is None:
-                return None
-            if isinstance(byte_range, RangeByteRequest):
-                part = data[byte_range.start : byte_range.end]
-            elif isinstance(byte_range, OffsetByteRequest):
-                part = data[byte_range.offset :]
-            elif isinstance(byte_range, SuffixByteRequest):
-                part = data[-byte_range.suffix :] if byte_range.suffix else b""
-            else:
-                raise ValueError(f"unexpected byte range {byte_range!r}")
-            return prototype.buffer.from_bytes(part)
-
-        async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list:
-            return [await self.get(k, prototype, r) for k, r in key_ranges]
-
-    return WholeObjectRangeStore(store)
+    return WholeObjectRangeStore(store, max_cache_bytes)
 
 
-def zarr_store(url: str, mode: str = "r") -> Any:
+def zarr_store(url: str, mode: str = "r") -> Store:
     """A zarr-python 3 store for ``url`` opened for reading (``mode="r"``) or writing (``"r+"``, ``"w"``).
 
     Zips open read-only (unpack one to modify it). Raises :class:`StoreError` naming ``url`` when a local
     path for reading does not exist or a file is not a zip.
     """
-    from zarr.storage import FsspecStore, LocalStore, ZipStore
-
     url = str(url)
     read_only = mode == "r"
     local = local_path(url)

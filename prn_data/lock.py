@@ -1,7 +1,7 @@
 """One ``prn build`` per store at a time.
 
 Two builds writing the same store would write the same shards concurrently, which zarr-python 3 turns into
-silently lost data (DESIGN §8). The build therefore holds an advisory ``flock`` on ``<store>.lock``, a file
+silently lost data (zarr-python #3514). The build therefore holds an advisory ``flock`` on ``<store>.lock``, a file
 beside a local store that names the holder. The kernel drops the lock when the holder's process ends, however
 it ends, so a build killed by ``SIGKILL`` or an OOM never leaves a stale lock behind: the next build takes it.
 Remote stores (``s3://``, ``http://``), systems without ``fcntl`` and file systems that refuse ``flock`` (a

@@ -7,9 +7,20 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from .errors import DatasetError
-from .records import VOID, CategorySet, Segment
+from .records import IGNORE_LABEL, VOID, CategorySet, Segment
+
+# The PNG decoders are tried fastest first; each may be missing from an installation.
+try:
+    import imagecodecs
+except ImportError:  # pragma: no cover
+    imagecodecs = None
+try:
+    import cv2
+except ImportError:  # pragma: no cover
+    cv2 = None
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
@@ -40,16 +51,11 @@ def decode_png(path: str | Path) -> np.ndarray:
     """``(H, W, 3|4) uint8`` RGB(A) pixels of a PNG: libspng through imagecodecs when installed (about
     twice as fast as libpng here), else OpenCV, else Pillow. Errors name the file."""
     path = Path(path)
-    try:
-        import imagecodecs
-
-        return imagecodecs.spng_decode(path.read_bytes())
-    except Exception:  # not installed, or a file libspng refuses: the next decoder says what is wrong
-        pass
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
+    if imagecodecs is not None:
+        try:
+            return imagecodecs.spng_decode(path.read_bytes())
+        except Exception:  # a file libspng refuses: the next decoder says what is wrong
+            pass
     if cv2 is not None:
         bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if bgr is None:
@@ -98,15 +104,14 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DatasetError(path, f"unreadable or truncated image ({exc})") from None
 
 
-def segment_stats(panoptic: np.ndarray, ids: Sequence[int] | None = None) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
+def segment_stats(panoptic: np.ndarray,
+                  ids: Sequence[int] | None = None) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
     """Area and COCO bbox ``[x, y, w, h]`` of every id in ``(H, W)`` ``panoptic`` (VOID excluded), in one pass.
 
     Returns ``{id: (area, bbox)}``; ids listed in ``ids`` but absent get area 0 and bbox (0, 0, 0, 0).
     Ids are counted with ``bincount`` over their value range (2–3× faster than ``np.unique``'s sort on
     COCO-sized maps) unless that range is much larger than the image.
     """
-    from scipy import ndimage
-
     flat = panoptic.ravel()
     out: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
     if flat.size:
@@ -148,8 +153,6 @@ def refresh_segments(panoptic: np.ndarray, segments: Sequence[Segment]) -> list[
 
 def semantic_from_panoptic(panoptic: np.ndarray, segments: Sequence[Segment]) -> np.ndarray:
     """``(H, W) uint8`` train ids from a panoptic map and its segments; VOID and unlisted ids → 255."""
-    from .records import IGNORE_LABEL
-
     uniq, inv = np.unique(panoptic, return_inverse=True)
     train = {s.id: s.train_id for s in segments}
     lut = np.array([train.get(int(u), IGNORE_LABEL) for u in uniq], dtype=np.uint8)

@@ -1,6 +1,6 @@
 """The in-memory record of one sample and of a dataset's categories.
 
-Conventions (DESIGN §3): coordinates (y, x); panoptic id maps are ``category_id * label_divisor + k``
+Conventions (README "Conventions"): coordinates (y, x); panoptic id maps are ``category_id * label_divisor + k``
 (k ≥ 1 per-class counter for things, crowd regions included; 0 for stuff), VOID = -1.
 """
 
@@ -14,6 +14,37 @@ import numpy as np
 LABEL_DIVISOR = 1000
 VOID = -1
 IGNORE_LABEL = 255
+
+
+class IdAllocator:
+    """The one place panoptic ids are made: ``category_id * divisor + k``.
+
+    Things get k = 1, 2, … per category in the order they are asked for (crowd regions included); stuff
+    gets k = 0. ``divisor`` is the store's ``label_divisor`` (default :data:`LABEL_DIVISOR`). A category
+    with ``divisor`` or more things raises ``ValueError`` (its ids would collide with the next category's).
+    """
+
+    def __init__(self, divisor: int = LABEL_DIVISOR):
+        if divisor < 1:
+            raise ValueError(f"label divisor must be >= 1, got {divisor!r}")
+        self.divisor = int(divisor)
+        self._counters: dict[int, int] = {}
+
+    def thing(self, category_id: int) -> int:
+        """The next thing id of ``category_id``."""
+        k = self._counters.get(category_id, 0) + 1
+        if k >= self.divisor:
+            raise ValueError(f"more than {self.divisor - 1} segments of category {category_id}")
+        self._counters[category_id] = k
+        return category_id * self.divisor + k
+
+    def stuff(self, category_id: int) -> int:
+        """The (only) stuff id of ``category_id``."""
+        return category_id * self.divisor
+
+    def next(self, category_id: int, isthing: bool) -> int:
+        """:meth:`thing` or :meth:`stuff` by ``isthing``."""
+        return self.thing(category_id) if isthing else self.stuff(category_id)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,20 @@
-"""The resize policy (DESIGN §3; paper §4.2 "PRN Training"): shorter side 640, longer side ≤ 800.
+"""The resize policy (paper §4.2 "PRN Training"; README "Conventions"): shorter side 640, longer side ≤ 800.
 
-Images are resized bilinearly (antialiased when shrinking: PIL; enlarging: OpenCV); label maps by nearest neighbour sampling
-source index ⌊(2i + 1)·src / (2·dst)⌋ in exact integer arithmetic (OpenCV's INTER_NEAREST_EXACT agrees).
+Images are resized bilinearly (antialiased when shrinking: PIL; enlarging: OpenCV); label maps by nearest
+neighbour sampling source index ⌊(2i + 1)·src / (2·dst)⌋ in exact integer arithmetic (OpenCV's
+INTER_NEAREST_EXACT agrees).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
+
+from .panoptic_io import refresh_segments
+from .records import Sample
 
 
 @dataclass(frozen=True)
@@ -68,18 +73,13 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
     if h >= image.shape[0] and w >= image.shape[1] and image.ndim == 3 and image.dtype == np.uint8:
-        import cv2  # opencv-python-headless, a dependency
-
         return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-def resize_sample(sample, policy: ResizePolicy):
+def resize_sample(sample: Sample, policy: ResizePolicy) -> Sample:
     """Resize a :class:`~prn_data.records.Sample` by ``policy``; segments' area/bbox are recomputed at the
     new size and segments that vanish are dropped. ``orig_size`` is kept."""
-    from .panoptic_io import refresh_segments
-    from .records import Sample
-
     size = policy.output_size(*sample.panoptic.shape)
     if size == sample.panoptic.shape:
         return sample

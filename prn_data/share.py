@@ -36,6 +36,7 @@ def list_store_files(root: str | Path) -> list[str]:
 def pack(
     store: str | Path,
     out_zip: str | Path,
+    *,
     compression: str = "stored",
     overwrite: bool = False,
     progress: ProgressFn | None = None,
@@ -76,6 +77,7 @@ def pack(
 def unpack(
     zip_path: str | Path,
     out_dir: str | Path,
+    *,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
 ) -> Path:

@@ -9,9 +9,14 @@ returns it. The figure is a fixed grid of square panels, so its pixel size is kn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
+import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import hsv_to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from .records import IGNORE_LABEL, VOID, CategorySet
 
@@ -33,8 +38,6 @@ def flow_to_rgb(offset: np.ndarray, max_norm: float | None = None) -> np.ndarray
     saturation (0 = white), value is always 1. ``max_norm`` defaults to the field's largest length.
     Returns ``(H, W, 3) uint8``.
     """
-    from matplotlib.colors import hsv_to_rgb
-
     offset = np.asarray(offset, dtype=np.float64)
     if offset.ndim != 3 or offset.shape[0] != 2:
         raise ValueError(f"offset must be (2, H, W), got {offset.shape}")
@@ -58,8 +61,6 @@ def flow_wheel(size: int = 101) -> np.ndarray:
 
 def id_colors(ids: np.ndarray) -> np.ndarray:
     """Deterministic, well-spread ``(K, 3) uint8`` colours for integer ids (golden-ratio hues)."""
-    from matplotlib.colors import hsv_to_rgb
-
     ids = np.asarray(ids, dtype=np.int64)
     # Multiplicative hashing spreads consecutive instance counters (k, k+1) to distant hues.
     h = (ids * 2654435761) % (2**32)
@@ -81,8 +82,6 @@ def colorize_ids(panoptic: np.ndarray) -> np.ndarray:
 def category_palette(categories: CategorySet | None, n: int) -> np.ndarray:
     """``(256, 3) uint8`` train id → colour: the dataset's category colours where they are set (not all
     black), else a tab20-like fallback; 255 (ignore) is black."""
-    import matplotlib
-
     pal = np.zeros((256, 3), dtype=np.uint8)
     cmap = matplotlib.colormaps["tab20"]
     for t in range(min(n, 255)):
@@ -112,8 +111,6 @@ def base_semantic_labels(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray
 
 def heat_over_image(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """Blend ``heat (H, W)`` in [0, 1] (jet colours) over a dimmed grey ``image (H, W, 3) uint8``."""
-    import matplotlib
-
     grey = image.astype(np.float32).mean(axis=-1, keepdims=True) / 255.0 * 0.6
     heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)[..., None]
     jet = matplotlib.colormaps["jet"](heat[..., 0])[..., :3].astype(np.float32)
@@ -122,6 +119,11 @@ def heat_over_image(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- figure
+#: What a panel shows: an RGB image, or a tagged ``("map", array)`` scalar map, ``("legend", [(name, rgb)])``
+#: or ``("text", str)``.
+PanelContent = Union[np.ndarray, tuple[str, np.ndarray], tuple[str, list[tuple[str, np.ndarray]]], tuple[str, str]]
+
+
 def _hw(x: np.ndarray) -> np.ndarray:
     """Drop a leading channel axis of length 1: ``(1, H, W)`` or ``(H, W)`` → ``(H, W)``."""
     x = np.asarray(x)
@@ -144,7 +146,7 @@ def panel_boxes(dpi: int = DEFAULT_DPI) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[tuple[str, Any]]:
+def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[tuple[str, PanelContent]]:
     """The 20 panels, row-major: ``(title, content)`` with content an RGB image, a ``("map", array)``
     scalar map, ``("legend", [(name, rgb)])`` or ``("text", str)``."""
     image = np.asarray(sample["image"])
@@ -176,7 +178,7 @@ def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[t
     if len(present) > LEGEND_MAX:
         legend.append((f"+{len(present) - LEGEND_MAX} more", np.array([255, 255, 255])))
 
-    panels: list[tuple[str, Any]] = [
+    panels: list[tuple[str, PanelContent]] = [
         ("image", img),
         ("GT semantic", colorize_semantic(gt_sem, pal) if gt_sem is not None else ("text", "no GT")),
         ("base semantic (arg-max, 1/4 res.)", colorize_semantic(base_sem, pal) if base_sem is not None else missing),
@@ -212,15 +214,12 @@ def draw_sample(
     sample: Mapping[str, Any],
     out: str | Path,
     categories: CategorySet | None = None,
+    *,
     title: str | None = None,
     dpi: int = DEFAULT_DPI,
 ) -> Path:
     """Draw ``sample`` (keys as ``Store.read_sample`` returns them; ``base/*`` optional) into the PNG
     ``out``, a 5×4 grid of panels of :data:`PANEL_INCHES` inches (see :func:`figure_size_px`)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     panels = _panels(sample, categories)
     fig = Figure(figsize=(GRID_COLS * PANEL_INCHES, GRID_ROWS * PANEL_INCHES), dpi=dpi)
     FigureCanvasAgg(fig)

@@ -10,23 +10,28 @@ on VOID or on a crowd region of its own category is no false positive. Accumulat
 category, averaged over the categories that occur. It is measured at the stored (resized) resolution, so it
 is close to, not equal to, the PQ at the original image size.
 
-The PQ code itself is the evaluation module's (``prn_model.pq``); :class:`PQAccumulator` adapts it.
+The PQ code itself is :mod:`prn_data.pq` (the same code scores evaluation); :class:`PQAccumulator`
+adapts it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .records import VOID, CategorySet
+from .pq import PQStat, SegmentLike, SegmentTable, pq_average, pq_image
+from .records import LABEL_DIVISOR, VOID, CategorySet
+from .store import Store
+from .verify import default_workers
 
 AREA_BIN_EDGES: tuple[float, ...] = (0, 64, 256, 1024, 4096, 16384, 65536, 262144, float("inf"))
 """Instance-area histogram bins in pixels (``[lo, hi)``); 4096 is the small-instance threshold of the
-semantic weight (DESIGN §3), 32² and 96² are COCO's small/medium/large limits."""
+semantic weight (README "Conventions"), 32² and 96² are COCO's small/medium/large limits."""
 
 
-def _seg_dicts(segments: Iterable[Any]) -> list[dict]:
+def _seg_dicts(segments: Iterable[SegmentLike]) -> list[dict]:
     """Segments as dicts ``{id, category_id, iscrowd, ...}`` whether given as dicts or ``Segment``s."""
     out = []
     for s in segments or ():
@@ -44,26 +49,23 @@ def _areas(panoptic: np.ndarray) -> dict[int, int]:
 
 # ---------------------------------------------------------------------------------------------- PQ
 class PQAccumulator:
-    """Base-vs-ground-truth PQ summed over images, per category: a thin adapter over the evaluation
-    module's panopticapi-exact code (``prn_model.pq``), fed with in-memory maps (VOID = −1)."""
+    """Base-vs-ground-truth PQ summed over images, per category: a thin adapter over the
+    panopticapi-exact code of :mod:`prn_data.pq`, fed with in-memory maps (VOID = −1)."""
 
     def __init__(self) -> None:
-        from prn_model.pq import PQStat
-
         self.stat = PQStat()
 
     def add(
         self,
         gt_panoptic: np.ndarray,
-        gt_segments: Sequence[Any],
+        gt_segments: Sequence[SegmentLike],
         pred_panoptic: np.ndarray,
-        pred_segments: Sequence[Any],
+        pred_segments: Sequence[SegmentLike],
+        *,
         name: str | None = None,
     ) -> None:
         """Add one image: ``(H, W) int`` id maps (VOID = −1) with their segment lists (dicts with ``id``,
         ``category_id``, ``iscrowd``, or ``Segment``s). ``name`` labels errors (e.g. ``"store.zarr[3]"``)."""
-        from prn_model.pq import SegmentTable, pq_image
-
         if gt_panoptic.shape != pred_panoptic.shape:
             raise ValueError(f"{name or 'sample'}: gt {gt_panoptic.shape} and prediction {pred_panoptic.shape} differ")
         self.stat.add(
@@ -96,15 +98,13 @@ class PQAccumulator:
 
     def summary(self, categories: CategorySet) -> dict[str, dict[str, float]]:
         """``{"all"|"things"|"stuff": {pq, sq, rq, n}}``, means over the categories that occur (0..1)."""
-        from prn_model.pq import pq_average
-
         res = pq_average(self.stat, categories)
         return {"all": res["All"], "things": res["Things"], "stuff": res["Stuff"]}
 
 
 # ---------------------------------------------------------------------------------------------- counts
 def segment_counts(
-    panoptic: np.ndarray, segments: Sequence[Any], label_divisor: int = 1000
+    panoptic: np.ndarray, segments: Sequence[SegmentLike], *, label_divisor: int = LABEL_DIVISOR
 ) -> tuple[dict[int, int], dict[int, int], dict[int, int], list[int]]:
     """Counts of one image: ``(pixels, instances, crowds, instance_areas)``.
 
@@ -137,22 +137,19 @@ def area_histogram(areas: Sequence[int], edges: Sequence[float] = AREA_BIN_EDGES
     return [int(((a >= lo) & (a < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def _read_labels(store: Any, i: int) -> dict:
+def read_labels(store: Store, i: int) -> dict:
     """Only the id maps and segment lists of sample ``i`` (not the image and 133-channel probabilities,
     which would dominate the read)."""
     paths = ["gt/panoptic", "gt/segments"]
-    if getattr(store, "has_base", False):
+    if store.has_base:
         paths += ["base/panoptic", "base/segments"]
-    try:
-        return store.read_sample(i, arrays=paths)
-    except TypeError:  # a Store without the ``arrays`` selection
-        return store.read_sample(i)
+    return store.read_sample(i, arrays=paths)
 
 
 def store_stats(
-    store: Any, progress: Callable[[int, int], None] | None = None, workers: int | None = None
+    store: Store, progress: Callable[[int, int], None] | None = None, workers: int | None = None
 ) -> dict:
-    """Statistics of every done sample of an open store (``prn_data.store.Store``), read by ``workers``
+    """Statistics of every done sample of an open store (:class:`prn_data.store.Store`), read by ``workers``
     threads (default :func:`prn_data.verify.default_workers`; counting is done in order, so the result does
     not depend on it). Only the id maps and segment lists are read (6–10× faster than decoding whole
     samples, ``benchmarks/verify.py``).
@@ -161,10 +158,8 @@ def store_stats(
     crowds, images), ``instance_area_histogram`` ({edges, counts}), ``base_pq`` (``None`` without a base
     network) with ``all``/``things``/``stuff`` and ``per_category``.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     cats: CategorySet = store.categories
-    divisor = int(store.attrs.get("label_divisor", 1000))
+    divisor = int(store.attrs["label_divisor"])
     done = np.flatnonzero(np.asarray(store.done))
     pixels: dict[int, int] = {}
     instances: dict[int, int] = {}
@@ -172,12 +167,10 @@ def store_stats(
     images: dict[int, int] = {}
     areas: list[int] = []
     acc = None
-    from .verify import default_workers
-
     with ThreadPoolExecutor(max(1, workers or default_workers())) as pool:
-        labelled = pool.map(lambda j: _read_labels(store, int(j)), done)
+        labelled = pool.map(lambda j: read_labels(store, int(j)), done)
         for k, (i, s) in enumerate(zip(done, labelled)):
-            p, n, c, a = segment_counts(s["gt/panoptic"], s.get("gt/segments", ()), divisor)
+            p, n, c, a = segment_counts(s["gt/panoptic"], s.get("gt/segments", ()), label_divisor=divisor)
             for d, src in ((pixels, p), (instances, n), (crowds, c)):
                 for cat, v in src.items():
                     d[cat] = d.get(cat, 0) + v
@@ -187,7 +180,8 @@ def store_stats(
             if "base/panoptic" in s:
                 if acc is None:
                     acc = PQAccumulator()
-                acc.add(s["gt/panoptic"], s.get("gt/segments", ()), s["base/panoptic"], s.get("base/segments", ()), f"sample {int(i)}")
+                acc.add(s["gt/panoptic"], s.get("gt/segments", ()), s["base/panoptic"], s.get("base/segments", ()),
+                        name=f"sample {int(i)}")
             if progress:
                 progress(k + 1, len(done))
     rows = [
@@ -205,11 +199,8 @@ def store_stats(
     base_pq = None
     if acc is not None:
         base_pq = dict(acc.summary(cats))
-        if hasattr(acc, "per_category"):
-            names = {c.id: c.name for c in cats}
-            base_pq["per_category"] = {
-                names.get(cat, str(cat)): v for cat, v in acc.per_category().items()
-            }
+        names = {c.id: c.name for c in cats}
+        base_pq["per_category"] = {names.get(cat, str(cat)): v for cat, v in acc.per_category().items()}
     return {
         "samples": int(len(done)),
         "total": int(len(store)),

@@ -1,4 +1,4 @@
-"""Ground-truth targets of PRN (DESIGN §3; paper §3.2 "Instance Maps", §3.4 "Prediction Branches").
+"""Ground-truth targets of PRN (paper §3.2 "Instance Maps", §3.4 "Prediction Branches"; README "Conventions").
 
 Everything here works on maps already at the store resolution (targets are computed *after* resizing) and
 is pure NumPy. One pass over the label map serves all segments: it is cut into runs (maximal stretches of
@@ -243,7 +243,7 @@ def _expand(r: _Runs, table: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _finish_instances(
-    r: _Runs, inst: np.ndarray, cx: np.ndarray, sigma: float, scores: np.ndarray | None, out: np.ndarray
+    r: _Runs, inst: np.ndarray, cx: np.ndarray, *, sigma: float, scores: np.ndarray | None, out: np.ndarray
 ) -> None:
     """Complete the instance maps in ``out (8, H, W) float32`` expanded from :func:`_instance_rows`: the
     column-dependent channels dx = cx − x, left = x − x0, right = x1 − x, and the Gaussians in channel 0.
@@ -270,7 +270,7 @@ def _finish_instances(
     patch64 = gaussian_patch(sigma)
     half = patch64.shape[0] // 2
     patch32 = patch64.astype(np.float32)
-    # Round half up, as DESIGN §3 fixes (np.round would round half to even).
+    # Round half up, as the README's "Conventions" fix (np.round would round half to even).
     py = np.floor(r.cy + 0.5).astype(np.intp)
     px = np.floor(r.cx + 0.5).astype(np.intp)
     for i in np.flatnonzero(inst & (r.area > 0)):
@@ -335,7 +335,7 @@ def encode_instances(
     table = np.empty((_N_INSTANCE, len(r.seg)), dtype=np.float32)
     cx = _instance_rows(r, inst, table)
     maps = _expand(r, table, h, w)
-    _finish_instances(r, inst, cx, float(sigma), _score_table(segments, scores, source), maps)
+    _finish_instances(r, inst, cx, sigma=float(sigma), scores=_score_table(segments, scores, source), out=maps)
     return maps[0:1], maps[1:3], maps[3:7], maps[7]
 
 
@@ -346,7 +346,7 @@ def compute_targets(
     *,
     source: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """PRN's ground-truth targets for one sample at store resolution (DESIGN §3; paper §3.2, §3.4).
+    """PRN's ground-truth targets for one sample at store resolution (paper §3.2, §3.4; README "Conventions").
 
     Each segment's ``train_id``, ``isthing`` and ``iscrowd`` are read from the :class:`Segment` objects
     (not derived from the id); its area, center and box are measured on ``panoptic`` itself (``area`` and
@@ -398,7 +398,7 @@ def compute_targets(
     table[10] = r.pid.view(np.uint32)
     words = _expand(r, table, h, w)
     maps = words[:10].view(np.float32)
-    _finish_instances(r, inst, cx, params.sigma, None, maps[:8])
+    _finish_instances(r, inst, cx, sigma=params.sigma, scores=None, out=maps[:8])
 
     train = np.array([IGNORE_LABEL] + [int(s.train_id) for s in segments], dtype=np.uint8)
     bytes_ = _expand(r, np.stack([train[r.seg], thing.astype(np.uint8)[r.seg]]), h, w)

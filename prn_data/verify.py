@@ -11,7 +11,7 @@ Three levels:
    samples of that shard.
 3. **``--deep N``**: N random done samples are recomputed from the source dataset recorded in the store
    (:func:`prn_data.datasets.open_described`, the stored resize policy, then
-   :func:`prn_data.targets.compute_targets`, DESIGN §3 / paper §3.2) and compared with the stored ground
+   :func:`prn_data.targets.compute_targets`, README "Conventions" / paper §3.2) and compared with the stored ground
    truth: integer maps exactly, offsets within 1/16 px, heatmaps within 1e-3, the image exactly (within 8
    levels on average for a lossy JPEG / JPEG XL image).
 
@@ -23,11 +23,15 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from .datasets import Dataset, open_described
 from .errors import PrnError
+from .resize import ResizePolicy, resize_sample
+from .store import Store, open_store
+from .targets import TargetParams, compute_targets
 
 REQUIRED_ATTRS = (
     "prn_schema", "dataset", "split", "categories", "label_divisor", "resize_policy", "canvas",
@@ -86,7 +90,7 @@ class VerifyReport:
         }
 
 
-def check_schema(store: Any) -> list[str]:
+def check_schema(store: Store) -> list[str]:
     """Problems with the root attributes and the arrays' presence, shapes and dtypes (``[]`` if none)."""
     problems = [f"attribute {k!r} is missing" for k in REQUIRED_ATTRS if k not in store.attrs]
     n = len(store)
@@ -105,14 +109,14 @@ def check_schema(store: Any) -> list[str]:
     return problems
 
 
-def _image_id(store: Any, i: int) -> str | None:
+def _image_id(store: Store, i: int) -> str | None:
     try:
         return str(store.array("image_id")[i]) or None
     except Exception:
         return None
 
 
-def check_sample(store: Any, i: int, done: bool, stored_checksum: int) -> str | None:
+def check_sample(store: Store, i: int, done: bool, stored_checksum: int) -> str | None:
     """Why sample ``i`` is bad, or ``None``: not done, unreadable (a chunk fails to decode), or its
     checksum differs from the one recomputed from its values."""
     if not done:
@@ -141,11 +145,8 @@ def _compare(path: str, stored: np.ndarray, fresh: np.ndarray, lossy_image: bool
     return None if err <= tol + 1e-6 else f"{path}: max difference {err:.4g} > {tol:.4g}"
 
 
-def deep_check(store: Any, i: int, dataset: Any, policy: Any, params: Any) -> list[str]:
+def deep_check(store: Store, i: int, *, dataset: Dataset, policy: ResizePolicy, params: TargetParams) -> list[str]:
     """Recompute sample ``i`` from ``dataset`` and compare with the store; the differences found."""
-    from .resize import resize_sample
-    from .targets import compute_targets
-
     out = []
     stored = store.read_sample(i)
     raw = dataset.load(i)
@@ -182,6 +183,7 @@ def default_workers() -> int:
 
 def verify_store(
     url: str,
+    *,
     deep: int = 0,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -190,8 +192,6 @@ def verify_store(
     """Verify the store at ``url`` (levels 1–3 above) with ``workers`` threads (default
     :func:`default_workers`). Raises :class:`~prn_data.errors.StoreError` only when it cannot be opened as
     a prn store at all; everything else is collected in the report, bad samples in index order."""
-    from .store import open_store
-
     store = open_store(str(url), mode="r")
     report = VerifyReport(url=str(url), n_samples=len(store))
     report.problems += check_schema(store)
@@ -213,15 +213,22 @@ def verify_store(
             if progress:
                 progress(i + 1, total)
     if deep > 0:
-        report.deep_checked = _deep(store, deep, seed, report, progress, n, total)
+        report.deep_checked = _deep(store, report, deep=deep, seed=seed, progress=progress, start=n, total=total)
     return report
 
 
-def _deep(store: Any, deep: int, seed: int, report: VerifyReport, progress: Any, start: int, total: int) -> list[int]:
-    from .datasets import open_described
-    from .resize import ResizePolicy
-    from .targets import TargetParams
-
+def _deep(
+    store: Store,
+    report: VerifyReport,
+    *,
+    deep: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+    start: int,
+    total: int,
+) -> list[int]:
+    """Level 3: recompute ``deep`` random done samples not already bad, adding their differences to
+    ``report``; the indices checked."""
     bad_now = set(report.bad_indices)
     candidates = [i for i in np.flatnonzero(store.done).tolist() if i not in bad_now]
     rng = np.random.default_rng(seed)
@@ -238,7 +245,7 @@ def _deep(store: Any, deep: int, seed: int, report: VerifyReport, progress: Any,
         return []
     for k, i in enumerate(picked):
         try:
-            diffs = deep_check(store, i, dataset, policy, params)
+            diffs = deep_check(store, i, dataset=dataset, policy=policy, params=params)
         except PrnError as exc:
             diffs = [f"cannot recompute ({exc})"]
         for d in diffs:

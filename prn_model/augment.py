@@ -41,8 +41,18 @@ FULL_RES_KEYS = (
 #: Keys holding quarter-resolution maps (H/4, W/4).
 QUARTER_RES_KEYS = ("base_semantic",)
 
-# Channel layout of the 7-channel instance input (DESIGN §3): heatmap, dy, dx, top, bottom, left, right.
+# Channel layout of the 7-channel instance input (paper §3.2; README "Conventions"): heatmap, dy, dx, top,
+# bottom, left, right.
 _INSTANCE_DX, _INSTANCE_LEFT, _INSTANCE_RIGHT = 2, 5, 6
+
+#: How a horizontal flip reorders and negates channels, per key: ``(channels, negate)`` — channel ``k`` of
+#: the flipped map is channel ``channels[k]`` mirrored, negated for ``k`` in ``negate``. Other keys mirror
+#: every channel in place. The dx channels change sign; the left and right box offsets swap.
+FLIP_CHANNELS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "center_offset": ((0, 1), (1,)),  # dy, dx
+    "box_offset": ((0, 1, 3, 2), ()),  # top, bottom, left ↔ right
+    "instance": ((0, 1, 2, 3, 4, _INSTANCE_RIGHT, _INSTANCE_LEFT), (_INSTANCE_DX,)),
+}
 
 
 @dataclass
@@ -76,7 +86,14 @@ class AugmentConfig:
     crop: tuple[int, int] | None = None
 
 
-def _mirror(a: np.ndarray, w: int, channels: list[int] | None = None, negate: tuple[int, ...] = ()) -> np.ndarray:
+def flip_width(key: str, w: int) -> int:
+    """The columns of map ``key`` that a flip of a sample of valid width ``w`` mirrors: ``w``, or ``⌈w/4⌉``
+    for a quarter-resolution map."""
+    return -(-w // 4) if key in QUARTER_RES_KEYS else w
+
+
+def _mirror(a: np.ndarray, w: int, channels: tuple[int, ...] | None = None, negate: tuple[int, ...] = ()
+            ) -> np.ndarray:
     """A new array: columns ``[0, w)`` of ``a`` mirrored (channel ``k`` of the result taken from channel
     ``channels[k]``, negated for ``k`` in ``negate``), columns ``[w, W)`` copied. One pass over the data."""
     out = np.empty_like(a)
@@ -102,19 +119,10 @@ def hflip(sample: dict) -> dict:
     when ``w`` is a multiple of 4 and within 3 pixels otherwise. Returns the dict with new arrays.
     """
     w = int(sample["size"][1])
-    wq = -(-w // 4)
-    special = {
-        "center_offset": ([0, 1], (1,)),  # dy, dx
-        "box_offset": ([0, 1, 3, 2], ()),  # top, bottom, left ↔ right
-        "instance": ([0, 1, 2, 3, 4, _INSTANCE_RIGHT, _INSTANCE_LEFT], (_INSTANCE_DX,)),
-    }
-    for key in FULL_RES_KEYS:
+    for key in FULL_RES_KEYS + QUARTER_RES_KEYS:
         if key in sample:
-            channels, negate = special.get(key, (None, ()))
-            sample[key] = _mirror(sample[key], w, channels, negate)
-    for key in QUARTER_RES_KEYS:
-        if key in sample:
-            sample[key] = _mirror(sample[key], wq)
+            channels, negate = FLIP_CHANNELS.get(key, (None, ()))
+            sample[key] = _mirror(sample[key], flip_width(key, w), channels, negate)
     return sample
 
 

@@ -48,7 +48,7 @@ class DataConfig:
     over the processes of a ``torchrun`` job); ``num_workers`` loader processes per training process."""
 
     store: str | None = None
-    val_store: str | None = None
+    val_store: str | None = None  # read by the validation the caller gives (prn_model.evaluate.validation)
     batch_size: int = 16
     num_workers: int = 2
     mp_context: str | None = "forkserver"
@@ -77,7 +77,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3  # newest training checkpoints kept in the run folder (0 = all)
-    val_every: int = 0  # 0 = validate only at the end (when a val store is given)
+    val_every: int = 0  # 0 = validate only at the end (when the trainer is given a validation)
     val_limit: int = 0  # 0 = every done val sample
     deterministic: bool = False
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 
 def coord_map(
-    batch: int, height: int, width: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    batch: int, height: int, width: int, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> torch.Tensor:
     """``(batch, 2, height, width)`` coordinates; channel 0 is y, channel 1 is x, each running linearly from
     -1 at the first row/column to +1 at the last (0 for a size-1 axis)."""
@@ -53,6 +53,7 @@ class CoordConv2d(nn.Conv2d):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         stride: int = 1,
         padding: int | None = None,
         bias: bool = True,

@@ -1,33 +1,38 @@
 """Evaluation of PRN against its base network over a store (paper §4.2, Tables 1–2).
 
-For every done sample: PRN runs on the store's inputs, its outputs are post-processed (§3.5,
-:mod:`prn_model.merge`), and PRN's panoptic result and the base network's (``base/`` in the store) are
-scored with panopticapi's PQ (:mod:`prn_model.pq`). Where the ground truth is scored:
+For every done sample: PRN runs on the store's inputs (:func:`predict`), its outputs are post-processed
+(§3.5, :mod:`prn_model.merge`), and PRN's panoptic result and the base network's (``base/`` in the store)
+are scored with panopticapi's PQ as they come (:mod:`prn_model.scoring`), at the original image size
+against the dataset's own ground truth when it is at hand, else at store resolution against the store's
+``gt/``.
 
-- ``"original"`` — at each image's original size against the dataset's own ground-truth files: COCO
-  panoptic JSON + PNGs (scored file to file, exactly as panopticapi), or any other dataset the store's
-  description can reopen (its samples at original size). Predictions are resized back nearest-exact.
-- ``"store"`` — when those files are not at hand: at store resolution against the store's ``gt/``.
+The trainer's validation (:func:`validation`) scores PRN alone at store resolution (:func:`evaluate_model`).
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from prn_data.errors import DatasetError, PrnError
+from prn_data.errors import PrnError
 from prn_data.records import CategorySet, Segment
+from prn_data.store import Store, open_store
 
-from .merge import postprocess, to_original_size, write_panoptic_json, write_panoptic_png
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import sample_from_store
+from .devices import resolve_device
+from .merge import postprocess
 from .ppgbf import PostProcessConfig
-from .pq import FILE_VOID, MEMORY_VOID, ImageStats, PQStat, SegmentTable, pq_average, pq_image, read_png_ids
+from .scoring import GroundTruth, StreamedScorer, locate_ground_truth
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 SUMMARY_KEYS = ("pq", "sq", "rq", "pq_th", "pq_st")
 
@@ -59,11 +64,9 @@ def _segments(items: Sequence[dict], categories: CategorySet) -> list[Segment]:
     return [Segment.from_json(d, categories) for d in items]
 
 
-def _read_inputs(store, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _read_inputs(store: Store, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Stacked host-side network inputs of ``indices`` (the training Batch's fields) and each sample's
     metadata; no device work, so it can run in a reader thread."""
-    from .data import sample_from_store
-
     xs, metas = [], []
     for i in indices:
         raw = store.read_sample(int(i), crop=False)
@@ -85,7 +88,7 @@ def _read_inputs(store, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], 
     return {k: np.stack([x[k] for x in xs]) for k in ("image", "instance", "base_semantic")}, metas
 
 
-def _store_metas(store, indices: Sequence[int]) -> list[dict]:
+def _store_metas(store: Store, indices: Sequence[int]) -> list[dict]:
     metas = []
     for i in indices:
         raw = store.read_sample(int(i), arrays=["orig_size", "image_id", "file_name", "gt/panoptic", "gt/segments", "base/panoptic", "base/segments"])
@@ -107,8 +110,9 @@ def _store_metas(store, indices: Sequence[int]) -> list[dict]:
 
 def predict(
     model: torch.nn.Module | None,
-    store,
+    store: Store,
     indices: Sequence[int],
+    *,
     device: torch.device | str = "cpu",
     batch: int = 1,
     cfg: PostProcessConfig | None = None,
@@ -123,6 +127,7 @@ def predict(
     if prefetch is None:
         prefetch = device.type != "cpu"
     cfg = cfg or default_postprocess_config(store.attrs)
+    label_divisor = int(store.attrs["label_divisor"])
     chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
     read = (lambda c: _store_metas(store, c)) if model is None else (lambda c: _read_inputs(store, c))
     for got in _read_ahead(read, chunks) if prefetch else map(read, chunks):
@@ -134,12 +139,12 @@ def predict(
         inputs = {name: torch.from_numpy(v).to(device) for name, v in host.items()}
         with torch.no_grad():
             out = model(inputs["image"], inputs["instance"], inputs["base_semantic"])
-        results = postprocess(out, store.categories, cfg, sizes=[m["size"] for m in metas])
+        results = postprocess(out, store.categories, cfg, sizes=[m["size"] for m in metas], label_divisor=label_divisor)
         for m, r in zip(metas, results):
             yield m, r
 
 
-def _read_ahead(read: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+def _read_ahead(read: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
     """``read(item)`` for each item in order, the next one read by a thread while the caller works on this
     one (with an accelerator the store read, ~11 ms per demo image here, would otherwise dominate)."""
     if not items:
@@ -153,146 +158,9 @@ def _read_ahead(read: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[An
         yield ahead.result()
 
 
-@dataclass
-class GroundTruth:
-    """Where predictions are scored: ``mode`` "original" (``json`` + ``png_dir`` COCO files, or a reopened
-    ``dataset``) or "store"; ``where`` says it in words for the table."""
-
-    mode: str
-    where: str
-    json: Path | None = None
-    png_dir: Path | None = None
-    dataset: Any = None
-    annotations: dict = field(default_factory=dict)
-
-
-def locate_ground_truth(store, gt: str | Path | None = None) -> GroundTruth:
-    """The dataset's own ground truth of ``store`` (``gt``: the dataset's root somewhere else), or the
-    store's ``gt/`` when neither can be found. An explicit ``gt`` that cannot be read is an error."""
-    from prn_data.datasets import open_dataset, open_described
-
-    desc = dict(store.attrs.get("dataset") or {})
-    try:
-        if gt is not None:
-            gt = Path(gt)
-            if not gt.exists():
-                raise DatasetError(gt, "ground-truth folder does not exist")
-            ds = open_dataset(f"{desc.get('name', 'coco').split('-')[0]}:{gt}", desc.get("split", store.attrs.get("split")), **desc.get("options", {}))
-            desc = ds.describe()
-        else:
-            ds = None
-        g = desc.get("gt") or {}
-        if g.get("format") == "coco-panoptic" and g.get("json") and g.get("png_dir"):
-            j, p = Path(g["json"]), Path(g["png_dir"])
-            if j.is_file() and p.is_dir():
-                with open(j) as f:
-                    anns = {str(a["image_id"]): a for a in json.load(f)["annotations"]}
-                return GroundTruth("original", f"original size, {j}", json=j, png_dir=p, annotations=anns)
-        if desc:
-            ds = ds or open_described(desc)
-            return GroundTruth("original", f"original size, dataset {desc.get('spec', desc.get('name'))}", dataset=ds)
-    except PrnError:
-        if gt is not None:
-            raise
-    except (OSError, KeyError, ValueError):
-        if gt is not None:
-            raise DatasetError(gt, "not a readable ground truth for this store's dataset") from None
-    return GroundTruth("store", "store resolution, the store's gt/")
-
-
-class _Evaluation:
-    """Scores prediction sets (``names``, e.g. base and PRN) image by image as they come, so memory stays
-    bounded by a few images whatever the split's size: each image's ground truth is read once for all sets,
-    each prediction is resized, written (with ``out_dir``) and reduced to its PQ counts in worker threads,
-    and only the counts are kept. Counts are summed in the order the file-to-file scorer uses (the
-    ground-truth JSON's, else the samples'), so the figures are bit-identical to scoring the written files
-    with :func:`prn_model.pq.pq_compute`."""
-
-    def __init__(self, gt: GroundTruth, categories: CategorySet, out_dir: Path | None, names: Sequence[str], workers: int | None = None):
-        from .pq import _workers
-
-        self.gt, self.categories, self.out_dir, self.names = gt, categories, out_dir, tuple(names)
-        self.cat_ids = [c.id for c in categories]
-        self.anns: dict[str, dict[int, dict]] = {n: {} for n in self.names}
-        self.stats: dict[str, dict[int, ImageStats]] = {n: {} for n in self.names}
-        # file-to-file scoring sums in the ground-truth JSON's order; in-memory scoring in the samples'
-        self.rank = {k: i for i, k in enumerate(gt.annotations)} if gt.json is not None else {}
-        self.lookup = {str(k): i for i, k in enumerate(gt.dataset.keys())} if gt.dataset is not None and gt.json is None else {}
-        self.n_workers = _workers(workers)
-        self.pool = ThreadPoolExecutor(self.n_workers)
-        self.pending: deque = deque()
-        self.added = 0
-        if out_dir is not None:
-            for n in self.names:
-                (out_dir / n / "panoptic").mkdir(parents=True, exist_ok=True)
-
-    def add(self, meta: dict, preds: dict[str, tuple[np.ndarray, Sequence[Segment]]]) -> None:
-        """Queue one sample's predictions ``{name: (panoptic (h, w) int VOID = −1, segments)}`` at store
-        resolution; blocks while too many samples are in flight."""
-        key = str(meta["image_id"])
-        known = self.rank or self.lookup
-        if self.gt.mode == "original" and key not in known:
-            raise DatasetError(self.gt.json or self.gt.where, f"no ground truth for image id {key}")
-        order = self.rank[key] if self.rank else self.added
-        self.pending.append(self.pool.submit(self._score, meta, preds, order, self.added))
-        self.added += 1
-        while len(self.pending) > 2 * self.n_workers:
-            self.pending.popleft().result()
-
-    def _truth(self, meta: dict) -> tuple[np.ndarray, SegmentTable, int]:
-        if self.gt.json is not None:
-            ann = self.gt.annotations[str(meta["image_id"])]
-            ids = read_png_ids(self.gt.png_dir / ann["file_name"])
-            return ids, SegmentTable.from_segments(ann["segments_info"], with_area=True), FILE_VOID
-        if self.gt.mode == "original":
-            sample = self.gt.dataset.load(self.lookup[str(meta["image_id"])])
-            return np.asarray(sample.panoptic), SegmentTable.from_segments(sample.segments), MEMORY_VOID
-        return np.asarray(meta["gt/panoptic"]), SegmentTable.from_segments(meta["gt/segments"]), MEMORY_VOID
-
-    def _score(self, meta: dict, preds: dict, order: int, seq: int) -> None:
-        gt_ids, gt_table, void = self._truth(meta)
-        # the written JSON carries the ground truth's own image id (its type too), so panopticapi pairs them
-        image_id = self.gt.annotations[str(meta["image_id"])]["image_id"] if self.rank else meta["image_id"]
-        for name, (pan, segs) in preds.items():
-            if self.gt.mode == "original":
-                pan, segs = to_original_size(pan, segs, meta["orig_size"])
-            if self.out_dir is not None:
-                png_dir = self.out_dir / name / "panoptic"
-                self.anns[name][seq] = write_panoptic_png(png_dir, image_id, str(meta["file_name"]), pan, segs)
-            # as file-to-file scoring, a listed segment missing from the map is an error only for files
-            where = None
-            if self.gt.json is not None:
-                where = str(png_dir / self.anns[name][seq]["file_name"]) if self.out_dir is not None else f"{name} prediction of image {meta['image_id']}"
-            pred_ids = np.where(pan < 0, FILE_VOID, pan) if void == FILE_VOID else pan
-            self.stats[name][order] = pq_image(gt_ids, gt_table, pred_ids, SegmentTable.from_segments(segs), void=void, categories=self.cat_ids, name=where)
-
-    def close(self) -> None:
-        """Stop without results (after an error): queued samples are dropped, running ones finish."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def finish(self) -> dict[str, dict]:
-        """Wait for the queued samples; write each set's ``panoptic.json`` (with ``out_dir``); pq_compute-form
-        results per name."""
-        try:
-            while self.pending:
-                self.pending.popleft().result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        results = {}
-        for name in self.names:
-            if self.out_dir is not None:
-                # the samples' order, whatever order the threads finished in
-                anns = [self.anns[name][k] for k in sorted(self.anns[name])]
-                write_panoptic_json(self.out_dir / name / "panoptic.json", anns, self.categories)
-            stat = PQStat()
-            for k in sorted(self.stats[name]):
-                stat.add(self.stats[name][k])
-            results[name] = pq_average(stat, self.categories)
-        return results
-
-
 def evaluate_store(
     store_url: str,
+    *,
     checkpoint: str | Path | None = None,
     out: str | Path | None = None,
     device: str = "cpu",
@@ -312,8 +180,6 @@ def evaluate_store(
     Predictions are scored as they come (``workers`` threads; memory bounded by a few images), never held
     for the whole split.
     """
-    from prn_data.store import open_store
-
     store = open_store(store_url)
     if not store.has_base:
         raise PrnError(f"{store_url}: the store holds no base-network prediction (built with --base none)")
@@ -321,8 +187,6 @@ def evaluate_store(
     if not base_only:
         if checkpoint is None:
             raise PrnError("give --checkpoint, or --base-only to score the base network alone")
-        from .train import load_checkpoint, resolve_device
-
         dev = resolve_device(device)
         model, _ = load_checkpoint(checkpoint, dev)
     else:
@@ -335,9 +199,9 @@ def evaluate_store(
     truth = locate_ground_truth(store, gt)
     out_dir = Path(out) if out is not None else None
     cats = store.categories
-    ev = _Evaluation(truth, cats, out_dir, ("base",) if model is None else ("base", "prn"), workers)
+    ev = StreamedScorer(truth, cats, ("base",) if model is None else ("base", "prn"), out_dir=out_dir, workers=workers)
     try:
-        for n, (meta, result) in enumerate(predict(model, store, indices, dev, batch, cfg), 1):
+        for n, (meta, result) in enumerate(predict(model, store, indices, device=dev, batch=batch, cfg=cfg), 1):
             preds = {"base": (meta["base/panoptic"], _segments(meta["base/segments"], cats))}
             if result is not None:
                 preds["prn"] = result
@@ -369,28 +233,41 @@ def format_comparison(results: dict) -> str:
 
 def evaluate_model(
     model: torch.nn.Module,
-    store: str | Any,
+    store: str | Path | Store,
+    *,
     device: torch.device | str = "cpu",
     limit: int | None = None,
     cfg: PostProcessConfig | None = None,
     batch: int = 1,
 ) -> dict[str, float]:
     """PRN's PQ / SQ / RQ / PQ_th / PQ_st (percent) at store resolution against the store's ``gt/`` — the
-    trainer's validation hook. ``store``: a URL or an open store."""
-    from prn_data.store import open_store
-
+    trainer's validation (:func:`validation`). ``store``: a URL or an open store."""
     store = open_store(store) if isinstance(store, (str, Path)) else store
     indices = [int(i) for i in np.nonzero(store.done)[0]][: limit or None]
     was = model.training
     model.eval()
-    ev = _Evaluation(GroundTruth("store", "store resolution"), store.categories, None, ("prn",))
+    ev = StreamedScorer(GroundTruth("store", "store resolution"), store.categories, ("prn",))
     try:
-        for meta, result in predict(model, store, indices, device, batch, cfg):
+        for meta, result in predict(model, store, indices, device=device, batch=batch, cfg=cfg):
             ev.add(meta, {"prn": result})
         return summary(ev.finish()["prn"])
     finally:
         ev.close()
         model.train(was)
+
+
+def validation(cfg: TrainConfig) -> Callable[[torch.nn.Module, torch.device], dict[str, float]] | None:
+    """The trainer's validation of a run (``prn_model.train.train(..., validate=...)``): PRN's PQ / SQ / RQ /
+    PQ_th / PQ_st on ``cfg.data.val_store`` (its first ``cfg.val_limit`` done samples; 0 = all) by
+    :func:`evaluate_model`; None when the run has no validation store."""
+    if not cfg.data.val_store:
+        return None
+    store, limit = cfg.data.val_store, cfg.val_limit or None
+
+    def validate(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        return evaluate_model(model, store, device=device, limit=limit)
+
+    return validate
 
 
 __all__ = [
@@ -403,4 +280,5 @@ __all__ = [
     "evaluate_store",
     "format_comparison",
     "evaluate_model",
+    "validation",
 ]

@@ -5,7 +5,7 @@
 
 Only pixels with ``valid`` true (the unpadded part of each sample) count, in numerators and denominators.
 Sums run over the whole batch (one ratio per batch, so larger images weigh more, as in Panoptic-DeepLab).
-With the per-pixel weights of the batch (DESIGN §3), each term is normalised so:
+With the per-pixel weights of the batch (README, "Conventions"), each term is normalised so:
 
 * ``semantic``: the logits (B, N_cl, H/4, W/4) are upsampled ×4 (bilinear, align_corners=False) to the
   target's (H, W); per-pixel cross entropy × ``semantic_weight``, summed over valid pixels whose label is not

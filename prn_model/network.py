@@ -1,4 +1,4 @@
-"""The Panoptic Refinement Network (paper §3.1–3.4; DESIGN §6).
+"""The Panoptic Refinement Network (paper §3.1–3.4).
 
 ``PRN(cfg).forward(image, instance, semantic)`` takes the RGB image and a base network's instance maps and
 semantic probabilities and returns the refined predictions:
@@ -156,11 +156,11 @@ class InputModule(nn.Module):
     def __init__(self, cfg: PRNConfig):
         super().__init__()
         n, norm = cfg.n_en, cfg.norm
-        self.rgb = nn.Sequential(conv_norm_relu(3, n, 5, norm, stride=2), conv_norm_relu(n, n, 5, norm, stride=2))
+        self.rgb = nn.Sequential(conv_norm_relu(3, n, 5, norm=norm, stride=2), conv_norm_relu(n, n, 5, norm=norm, stride=2))
         self.instance = nn.Sequential(
-            conv_norm_relu(7, n, 5, norm, stride=2), conv_norm_relu(n, n, 5, norm, stride=2)
+            conv_norm_relu(7, n, 5, norm=norm, stride=2), conv_norm_relu(n, n, 5, norm=norm, stride=2)
         )
-        self.semantic = conv_norm_relu(cfg.num_classes, n, 5, norm)
+        self.semantic = conv_norm_relu(cfg.num_classes, n, 5, norm=norm)
         self.coords = cfg.encoder_coords
         self.out_channels = 3 * n + (2 if self.coords else 0)
 
@@ -178,14 +178,14 @@ class Decoder(nn.Module):
     ``forward([c2, c3, c4, c5])`` → ``(B, c_de, H/4, W/4)``.
     """
 
-    def __init__(self, in_channels: list[int], c_de: int, skip_channels: int, coords: bool, norm: str):
+    def __init__(self, in_channels: list[int], c_de: int, skip_channels: int, *, coords: bool, norm: str):
         super().__init__()
-        self.top = conv_norm_relu(in_channels[3], c_de, 1, norm, coords=coords)
+        self.top = conv_norm_relu(in_channels[3], c_de, 1, norm=norm, coords=coords)
         self.skips = nn.ModuleList(
-            conv_norm_relu(c, skip_channels, 1, norm, coords=coords) for c in reversed(in_channels[:3])
+            conv_norm_relu(c, skip_channels, 1, norm=norm, coords=coords) for c in reversed(in_channels[:3])
         )
         self.fuse = nn.ModuleList(
-            conv_norm_relu(c_de + skip_channels, c_de, 3, norm, coords=coords) for _ in range(3)
+            conv_norm_relu(c_de + skip_channels, c_de, 3, norm=norm, coords=coords) for _ in range(3)
         )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -203,9 +203,9 @@ class Head(nn.Sequential):
     offset of 300 px would come out to within ±1 px only, and this conv is cheap.
     """
 
-    def __init__(self, in_channels: int, mid: int, out_channels: int, coords: bool, norm: str):
+    def __init__(self, in_channels: int, mid: int, out_channels: int, *, coords: bool, norm: str):
         super().__init__(
-            conv_norm_relu(in_channels, mid, 5, norm, coords=coords), nn.Conv2d(mid, out_channels, 1)
+            conv_norm_relu(in_channels, mid, 5, norm=norm, coords=coords), nn.Conv2d(mid, out_channels, 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,18 +229,18 @@ class PRN(nn.Module):
         self.cfg = cfg
         self.input = InputModule(cfg)
         self.encoder = ResNetEncoder(
-            self.input.out_channels, cfg.depth, cfg.widths, coords=cfg.encoder_coords, norm=cfg.norm
+            self.input.out_channels, depth=cfg.depth, widths=cfg.widths, coords=cfg.encoder_coords, norm=cfg.norm
         )
         self.decoder = Decoder(
-            self.encoder.out_channels, cfg.c_de, cfg.skip_channels, cfg.decoder_coords, cfg.norm
+            self.encoder.out_channels, cfg.c_de, cfg.skip_channels, coords=cfg.decoder_coords, norm=cfg.norm
         )
         # The semantic head stays at 1/4 and predicts classes, not positions: no coordinates (§3.4).
-        self.semantic_head = Head(cfg.c_de, cfg.semantic_head_channels, cfg.num_classes, False, cfg.norm)
+        self.semantic_head = Head(cfg.c_de, cfg.semantic_head_channels, cfg.num_classes, coords=False, norm=cfg.norm)
         dc = cfg.decoder_coords
-        self.center_head = Head(cfg.c_de, cfg.head_channels, 1, dc, cfg.norm)
-        self.offset_head = Head(cfg.c_de, cfg.head_channels, cfg.offset_channels, dc, cfg.norm)
+        self.center_head = Head(cfg.c_de, cfg.head_channels, 1, coords=dc, norm=cfg.norm)
+        self.offset_head = Head(cfg.c_de, cfg.head_channels, cfg.offset_channels, coords=dc, norm=cfg.norm)
         self.foreground_head = (
-            Head(cfg.c_de, cfg.head_channels, 1, dc, cfg.norm) if cfg.foreground == "branch" else None
+            Head(cfg.c_de, cfg.head_channels, 1, coords=dc, norm=cfg.norm) if cfg.foreground == "branch" else None
         )
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)

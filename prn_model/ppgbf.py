@@ -268,6 +268,7 @@ def group_pixels(
     centers: torch.Tensor,
     pbox: torch.Tensor | None = None,
     cbox: torch.Tensor | None = None,
+    *,
     iou: float = 0.5,
     chunk_pairs: int = 1 << 21,
 ) -> torch.Tensor:
@@ -278,7 +279,7 @@ def group_pixels(
     ``iou`` with the pixel's box are eligible. Returns ``(n,) int64`` center index, −1 for none.
     """
     pb = None if pbox is None else pbox.t().contiguous()
-    return _group_yx(target[:, 0].contiguous(), target[:, 1].contiguous(), centers, pb, cbox, iou, chunk_pairs)
+    return _group_yx(target[:, 0].contiguous(), target[:, 1].contiguous(), centers, pb, cbox, iou=iou, chunk_pairs=chunk_pairs)
 
 
 def _group_yx(
@@ -287,6 +288,7 @@ def _group_yx(
     centers: torch.Tensor,
     pbox: torch.Tensor | None,
     cbox: torch.Tensor | None,
+    *,
     iou: float,
     chunk_pairs: int,
 ) -> torch.Tensor:
@@ -359,7 +361,7 @@ def group_foreground(
         torch.sub(xf, o[2], out=pbox[2])
         torch.add(xf, o[3], out=pbox[3]).add_(1)
         cbox = boxes_from_offsets(yx, bo[:, yx[:, 0] * W + yx[:, 1]].t())
-    k = _group_yx(ty, tx, yx.to(dt), pbox, cbox, cfg.box_iou, cfg.chunk_pairs)
+    k = _group_yx(ty, tx, yx.to(dt), pbox, cbox, iou=cfg.box_iou, chunk_pairs=cfg.chunk_pairs)
     return flat, k, yx, score
 
 

@@ -36,7 +36,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 def conv_norm_relu(
-    in_channels: int, out_channels: int, kernel_size: int, norm: str, stride: int = 1, coords: bool = False
+    in_channels: int, out_channels: int, kernel_size: int, *, norm: str, stride: int = 1, coords: bool = False
 ) -> nn.Sequential:
     """(Coord)Conv → norm → ReLU, 'same' padding; the conv has no bias since the norm supplies one."""
     return nn.Sequential(
@@ -59,7 +59,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int, coords: bool, norm: str):
+    def __init__(self, inplanes: int, planes: int, stride: int, *, coords: bool, norm: str):
         super().__init__()
         self.conv1 = CoordConv2d(inplanes, planes, 3, stride=stride, bias=False, with_coords=coords)
         self.bn1 = make_norm(norm, planes)
@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, coords: bool, norm: str):
+    def __init__(self, inplanes: int, planes: int, stride: int, *, coords: bool, norm: str):
         super().__init__()
         out = planes * self.expansion
         self.conv1 = CoordConv2d(inplanes, planes, 1, bias=False, with_coords=coords)
@@ -110,6 +110,7 @@ class ResNetEncoder(nn.Module):
     def __init__(
         self,
         in_channels: int,
+        *,
         depth: int = 50,
         widths: tuple[int, int, int, int] = (64, 128, 256, 512),
         coords: bool = True,
@@ -126,7 +127,7 @@ class ResNetEncoder(nn.Module):
             stride = 1 if i == 0 else 2
             layers = []
             for j in range(n):
-                layers.append(block(inplanes, planes, stride if j == 0 else 1, coords, norm))
+                layers.append(block(inplanes, planes, stride if j == 0 else 1, coords=coords, norm=norm))
                 inplanes = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             self.out_channels.append(inplanes)

@@ -13,8 +13,8 @@ from prn_data.base import open_base
 from prn_data.base.coco_results import CocoResultsBase
 from prn_data.errors import BaseNetworkError
 from prn_data.records import VOID, Sample
+from prn_data.testing import CATS
 
-from test_base_simulated import CATS
 
 H, W = 20, 24
 

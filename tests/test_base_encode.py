@@ -12,8 +12,8 @@ from prn_data.panoptic_io import refresh_segments
 from prn_data.records import VOID, Segment
 from prn_data.resize import resize_labels
 from prn_data.targets import TargetParams, compute_targets, encode_instances
+from prn_data.testing import CATS, make_sample
 
-from test_base_simulated import CATS, make_sample
 
 PARAMS = TargetParams()
 

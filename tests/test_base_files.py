@@ -15,8 +15,7 @@ from prn_data.panoptic_io import write_rgb_ids
 from prn_data.records import VOID
 from prn_data.resize import ResizePolicy
 from prn_data.targets import TargetParams
-
-from test_base_simulated import CATS, make_sample
+from prn_data.testing import CATS, make_sample
 
 
 class ListDataset:

@@ -13,8 +13,8 @@ from prn_data.base.encode import encode_base
 from prn_data.errors import BaseNetworkError
 from prn_data.records import Sample
 from prn_data.targets import TargetParams
+from prn_data.testing import CATS
 
-from test_base_simulated import CATS
 
 MODEL_SOURCE = textwrap.dedent('''
     import torch

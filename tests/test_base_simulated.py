@@ -8,49 +8,8 @@ import pytest
 from prn_data.base import open_base
 from prn_data.base.simulated import SimulatedBase, image_rng, roi_paste, roi_resample
 from prn_data.errors import BaseNetworkError
-from prn_data.panoptic_io import refresh_segments
-from prn_data.records import VOID, Category, CategorySet, Sample, Segment
-
-# Train-id order deliberately mixes stuff and things (the dataset's order is kept, DESIGN §3).
-CATS = CategorySet([
-    Category(100, "sky", False, 0),
-    Category(1, "person", True, 1),
-    Category(101, "grass", False, 2),
-    Category(3, "car", True, 3),
-])
-
-
-def make_sample(index: int, size=(96, 128), n_inst=(3, 6), crowd=False, seed=1234) -> Sample:
-    """A synthetic sample: two stuff regions (wavy border), non-overlapping thing ellipses, a VOID strip."""
-    rng = np.random.default_rng([seed, index])
-    H, W = size
-    yy, xx = np.mgrid[0:H, 0:W]
-    border = H // 2 + (4 * np.sin(xx / 9.0)).astype(int)
-    pan = np.where(yy < border, 100 * 1000, 101 * 1000).astype(np.int32)
-    pan[:, :2] = VOID
-    segs = [Segment(100_000, 100, 0, False), Segment(101_000, 101, 2, False)]
-    taken = np.zeros((H, W), bool)
-    counters = {1: 0, 3: 0}
-    for _ in range(rng.integers(*n_inst, endpoint=True)):
-        for _attempt in range(20):
-            ry, rx = rng.integers(7, 16), rng.integers(7, 20)
-            cy, cx = rng.integers(ry + 1, H - ry - 1), rng.integers(rx + 3, W - rx - 1)
-            m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-            if not (m & taken).any():
-                break
-        else:
-            continue
-        cid = int(rng.choice([1, 3]))
-        counters[cid] += 1
-        sid = cid * 1000 + counters[cid]
-        pan[m] = sid
-        taken |= np.pad(m, 2)[:-4, 2:-2] | m  # keep a gap so instances never touch
-        segs.append(Segment(sid, cid, CATS.by_id(cid).train_id, True))
-    if crowd:
-        pan[-10:, 40:60] = 1 * 1000 + 999
-        segs.append(Segment(1999, 1, 1, True, iscrowd=True))
-    image = np.zeros((H, W, 3), np.uint8)
-    return Sample(image, pan, refresh_segments(pan, segs), f"img{index:04d}", f"img{index:04d}.jpg", (H, W))
+from prn_data.records import VOID
+from prn_data.testing import CATS, make_sample
 
 
 def match(gt: np.ndarray, pred: np.ndarray, gt_segs, pred_segs):

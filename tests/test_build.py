@@ -1,4 +1,4 @@
-"""``prn build``: stores built with Dask equal the targets computed directly; failures are reported (issue 3)."""
+"""``prn build``: stores built with Dask equal the targets computed directly; failures are reported."""
 
 from __future__ import annotations
 

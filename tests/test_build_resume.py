@@ -1,4 +1,4 @@
-"""A build killed mid-way (SIGKILL) resumes to exactly the store an uninterrupted build gives (issue 3)."""
+"""A build killed mid-way (SIGKILL) resumes to exactly the store an uninterrupted build gives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Building through a real dask.distributed cluster (issue 9): a ``dask scheduler`` and two ``dask worker``
+"""Building through a real dask.distributed cluster: a ``dask scheduler`` and two ``dask worker``
 processes on 127.0.0.1, ``prn build --scheduler tcp://…`` as a subprocess, and the store compared array
 for array with a build made in this process on a thread pool."""
 

@@ -1,40 +1,20 @@
-"""The torch dataset over a store (prn_model.data): fields, `done` filtering, collate, sampler, workers."""
+"""The torch dataset over a store (prn_model.data), its Batch (prn_model.batch) and sampler (prn_model.sampler):
+fields, `done` filtering, collate, sampler, workers."""
 
 from __future__ import annotations
 
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from prn_data.testing import build_tiny_store
 from prn_model.augment import AugmentConfig, GridMaskConfig
-from prn_model.data import StoreDataset, TrainSampler, collate, decode_batch, make_loader
-
-
-def build_tiny_store(out: Path, n: int = 6, split: str = "train", short: int = 64, max_long: int = 96) -> str:
-    """A real store built by prn_data.build: ``n`` synthetic scenes resized to a ``short``-pixel shorter side
-    (canvas 64×96 by default), simulated base network, σ = 2. Shared with test_train.py."""
-    from prn_data.build import BuildConfig, build
-    from prn_data.resize import ResizePolicy
-    from prn_data.targets import TargetParams
-
-    result = build(
-        BuildConfig(
-            dataset=f"synthetic:{n}",
-            split=split,
-            base="simulated",
-            out=str(out),
-            scheduler="threads",
-            workers=1,
-            policy=ResizePolicy(short=short, max_long=max_long),
-            params=TargetParams(sigma=2.0),
-        )
-    )
-    assert result.ok, result.failures
-    return str(out)
+from prn_model.batch import collate, decode_batch
+from prn_model.data import StoreDataset, make_loader
+from prn_model.sampler import TrainSampler
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A tiny end-to-end ``prn demo`` (issue 9): few small scenes, a tiny model, two iterations; every artifact
+"""A tiny end-to-end ``prn demo`` (README "Two commands"): few small scenes, a tiny model, two iterations; every artifact
 must exist under --out, results.json must hold base and PRN figures, and a re-run must reuse everything."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_results_json_has_base_and_prn_figures(demo_run):
 
 
 def test_rerun_reuses_everything(demo_run):
-    from prn_data.demo import DemoOptions, run_demo
+    from prn_model.demo import DemoOptions, run_demo
 
     out, _, tiny = demo_run
     model = out / "run" / "model.pt"
@@ -127,7 +127,7 @@ def test_demo_rejects_a_bad_size():
 
 def test_rerun_with_other_scenes_rebuilds_stores_and_retrains(demo_run, tmp_path):
     """An older demo's folder (other scene counts) is brought up to date, not refused."""
-    from prn_data.demo import DemoOptions, run_demo
+    from prn_model.demo import DemoOptions, run_demo
     from prn_data.store import open_store
 
     _, _, tiny = demo_run
@@ -151,11 +151,11 @@ def test_rerun_with_other_scenes_rebuilds_stores_and_retrains(demo_run, tmp_path
 
 
 def test_a_run_configured_otherwise_is_stale(demo_run):
-    from prn_data.demo import _stale_run
+    from prn_model.demo import stale_run
     from prn_model.config import load_config, override
 
     out, _, _ = demo_run
     saved = load_config(out / "run" / "config.yaml")
-    assert _stale_run(out / "run", saved, data_changed=False) is None
-    assert "configured otherwise" in _stale_run(out / "run", override(saved, iters=ITERS + 1), data_changed=False)
-    assert "regenerated" in _stale_run(out / "run", saved, data_changed=True)
+    assert stale_run(out / "run", saved, data_changed=False) is None
+    assert "configured otherwise" in stale_run(out / "run", override(saved, iters=ITERS + 1), data_changed=False)
+    assert "regenerated" in stale_run(out / "run", saved, data_changed=True)

@@ -1,6 +1,6 @@
-"""`prn pq` and `prn evaluate` (prn_model.evaluate, prn_data/cli/evaluate.py): the command-line forms, the
-choice of ground truth, and an end-to-end run on a tiny synthetic store with a checkpoint from a few
-training steps."""
+"""`prn pq` and `prn evaluate` (prn_model.evaluate, prn_model.scoring and the `prn evaluate` command): the
+command-line forms, the choice of ground truth, streamed scoring, and an end-to-end run on a tiny synthetic
+store with a checkpoint from a few training steps."""
 
 from __future__ import annotations
 
@@ -14,9 +14,20 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from prn_data.cli import app
-from prn_model.pq import pq_compute, pq_from_arrays
-from test_pq import perturb, repeat_images
+from prn_data.datasets import open_dataset
+from prn_data.errors import DatasetError
+from prn_data.panoptic_io import read_rgb_ids
+from prn_data.pq import pq_compute, pq_from_arrays
+from prn_data.records import Segment
+from prn_data.store import open_store
+from prn_data.testing import build_tiny_store, perturb, repeat_images
+from prn_model.cli import app
+from prn_model.checkpoint import load_checkpoint
+from prn_model.evaluate import evaluate_model, evaluate_store, predict
+from prn_model.scoring import GroundTruth, StreamedScorer
+from prn_model.train import train
+
+from helpers import tiny_config
 
 runner = CliRunner()
 
@@ -70,10 +81,6 @@ def test_prn_pq_bad_input_is_one_line_exit_2(perturbed, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny synthetic store and a checkpoint after 2 training steps."""
-    from prn_model.train import train
-    from test_data import build_tiny_store
-    from test_train import tiny_config
-
     tmp = tmp_path_factory.mktemp("evaluate")
     store = build_tiny_store(tmp / "val.zarr", n=2, split="val", short=32, max_long=64)
     train(tiny_config(store, tmp / "run", iters=2), show_progress=False)
@@ -102,7 +109,6 @@ def test_evaluate_end_to_end(trained, tmp_path):
 
     # The written predictions are COCO panoptic files that score the same again against the dataset's own
     # ground truth (recorded in the store).
-    from prn_data.store import open_store
 
     g = open_store(store).attrs["dataset"]["gt"]
     for who in ("base", "prn"):
@@ -119,15 +125,11 @@ def test_evaluate_end_to_end(trained, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_falls_back_to_the_store_gt(trained, tmp_path):
-    from prn_data.store import open_store
-    from prn_model.evaluate import evaluate_store, evaluate_model
-    from prn_model.train import load_checkpoint
-
     store, ckpt = trained
     copy = tmp_path / "nogt.zarr"
     shutil.copytree(store, copy)
     open_store(copy, "r+").set_attrs(dataset={})
-    res = evaluate_store(str(copy), ckpt, device="cpu")
+    res = evaluate_store(str(copy), checkpoint=ckpt, device="cpu")
     assert res["scored"] == "store" and "store resolution" in res["ground_truth"]
     # base at store resolution: the store's own gt/ against its base/, scored directly
     s = open_store(copy)
@@ -155,12 +157,6 @@ def test_evaluate_errors(trained, tmp_path):
 def test_streamed_scoring_is_bit_identical_to_scoring_the_written_files(perturbed, tmp_path):
     """The evaluator scores each image as it comes, in threads, out of order; the figures must still be
     those of pq_compute over the files it wrote (summed in the ground truth's order), bit for bit."""
-    from prn_data.datasets import open_dataset
-    from prn_data.errors import DatasetError
-    from prn_data.panoptic_io import read_rgb_ids
-    from prn_data.records import Segment
-    from prn_model.evaluate import GroundTruth, _Evaluation
-
     gt_json, gt_dir, pred_json, pred_dir = perturbed
     cats = open_dataset(f"coco:{gt_json.parents[1]}", "val2017").categories
     pred = {a["image_id"]: a for a in json.loads(pred_json.read_text())["annotations"]}
@@ -168,7 +164,7 @@ def test_streamed_scoring_is_bit_identical_to_scoring_the_written_files(perturbe
     (tmp_path / "gt.json").write_text(json.dumps(big))
     truth = GroundTruth("original", "test", json=tmp_path / "gt.json", png_dir=gt_dir,
                         annotations={a["image_id"]: a for a in big["annotations"]})
-    ev = _Evaluation(truth, cats, tmp_path / "out", ("a", "b"), workers=3)
+    ev = StreamedScorer(truth, cats, ("a", "b"), out_dir=tmp_path / "out", workers=3)
     order = list(np.random.default_rng(0).permutation(len(big["annotations"])))
     for k in order:
         a = big["annotations"][k]
@@ -189,22 +185,18 @@ def test_streamed_scoring_is_bit_identical_to_scoring_the_written_files(perturbe
         assert res[name] == ref
     assert res["a"]["All"]["pq"] != res["b"]["All"]["pq"]
 
-    ev = _Evaluation(truth, cats, None, ("a",), workers=1)
+    ev = StreamedScorer(truth, cats, ("a",), workers=1)
     with pytest.raises(DatasetError, match="gt.json.*no ground truth for image id nope"):
         ev.add({"image_id": "nope", "file_name": "x.png", "orig_size": (1, 1)}, {"a": (np.zeros((1, 1), int), [])})
     ev.close()
 
 
 def test_predict_with_a_reader_thread_yields_the_same_as_without(trained):
-    from prn_data.store import open_store
-    from prn_model.evaluate import predict
-    from prn_model.train import load_checkpoint
-
     store_url, ckpt = trained
     store = open_store(store_url)
     model, _ = load_checkpoint(ckpt, "cpu")
     idx = list(range(len(store)))
-    runs = [list(predict(model, store, idx, "cpu", batch=1, prefetch=pf)) for pf in (False, True)]
+    runs = [list(predict(model, store, idx, device="cpu", batch=1, prefetch=pf)) for pf in (False, True)]
     assert [m["index"] for m, _ in runs[1]] == idx
     for (ma, (pa, sa)), (mb, (pb, sb)) in zip(*runs):
         assert ma["image_id"] == mb["image_id"]
@@ -218,8 +210,6 @@ def test_streamed_scoring_against_a_reopened_dataset(cityscapes_sample):
     """Ground truth from a dataset prn reads itself (Cityscapes gtFine, no COCO JSON): the ground truth
     as prediction scores PQ 1 on every class it holds; a prediction with one instance shifted scores what
     pq_from_arrays gives for the same pair."""
-    from prn_data.datasets import open_dataset
-    from prn_model.evaluate import GroundTruth, _Evaluation
 
     ds = open_dataset(f"cityscapes:{cityscapes_sample}", "val")
     s = ds.load(0)
@@ -228,7 +218,7 @@ def test_streamed_scoring_against_a_reopened_dataset(cityscapes_sample):
     moved[moved == thing.id] = -1
     moved[np.roll(s.panoptic == thing.id, 9, axis=1)] = thing.id
     truth = GroundTruth("original", "dataset", dataset=ds)
-    ev = _Evaluation(truth, ds.categories, None, ("same", "moved"), workers=2)
+    ev = StreamedScorer(truth, ds.categories, ("same", "moved"), workers=2)
     meta = {"image_id": ds.keys()[0], "file_name": "x.png", "orig_size": s.panoptic.shape}
     ev.add(meta, {"same": (s.panoptic, s.segments), "moved": (moved, s.segments)})
     res = ev.finish()

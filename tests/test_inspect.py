@@ -1,4 +1,4 @@
-"""prn info / show / stats: base-vs-GT PQ (through prn_model.pq) and counts on hand-computed maps, then the
+"""prn info / show / stats: base-vs-GT PQ (through prn_data.pq) and counts on hand-computed maps, then the
 commands as subprocesses on a store built once per session by the real ``prn build`` (shared with
 test_verify.py and test_share.py through :func:`build_sample_store`)."""
 
@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from PIL import Image
 
 from prn_data.records import Category, CategorySet
 from prn_data.stats import PQAccumulator, area_histogram, segment_counts
+from prn_data.testing import build_sample_store, run_prn
 
 CATS = CategorySet(
     [Category(1, "road", False, 0), Category(2, "car", True, 1), Category(3, "person", True, 2)]
@@ -93,36 +91,6 @@ def test_segment_counts_and_histogram():
 
 
 # ---------------------------------------------------------------------------------------------- built store
-
-REPO = Path(__file__).resolve().parents[1]
-PRN = [str(Path(sys.executable).parent / "prn")]
-COCO_SAMPLE = REPO / "prn_data" / "samples" / "coco"
-
-
-def run_prn(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the installed ``prn`` command; ``check`` asserts exit status 0 and shows stderr otherwise."""
-    proc = subprocess.run(PRN + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
-    if check:
-        assert proc.returncode == 0, f"prn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}"
-    return proc
-
-
-def build_sample_store(tmp_path_factory) -> Path:
-    """The shipped COCO sample (2 images, split val2017) with the simulated base network, both samples in one
-    shard of 2, built once per test session by the real ``prn build`` and shared by the issue-5 test files."""
-    root = tmp_path_factory.getbasetemp() / "issue5-store"
-    store = root / "coco-val2017-simulated.zarr"
-    if not (root / "built.ok").exists():
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir()
-        run_prn(
-            "build", f"coco:{COCO_SAMPLE}", "--split", "val2017", "--base", "simulated", "--out", store,
-            "--scheduler", "threads", "--workers", "1", "--shard-size", "2",
-        )
-        (root / "built.ok").write_text("ok")
-    return store
-
 
 @pytest.fixture(scope="session")
 def built_store(tmp_path_factory) -> Path:
@@ -203,7 +171,7 @@ def test_show_png_size_and_panels(built_store, tmp_path, monkeypatch, capsys):
 
 def test_stats_counts_and_base_pq(built_store):
     from prn_data.store import open_store
-    from prn_model.pq import pq_from_arrays
+    from prn_data.pq import pq_from_arrays
 
     res = json.loads(run_prn("stats", "--json", built_store).stdout)
     assert res["samples"] == 2 and res["total"] == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from prn_data.errors import PrnError
 from prn_model.coordconv import CoordConv2d, add_coords, coord_map
@@ -350,8 +351,6 @@ def test_residual_prn_gets_a_gradient_everywhere_after_one_step():
 def test_coordconv_equals_a_convolution_over_the_concatenated_coordinates(kernel, stride, layout):
     """The split form (features and coordinates convolved apart, then summed) is the paper's CoordConv:
     one convolution over [x, y-coords, x-coords], outputs and every gradient."""
-    from torch.nn import functional as F
-
     torch.manual_seed(0)
     conv = CoordConv2d(6, 4, kernel, stride=stride).to(memory_format=layout)
     x = torch.randn(3, 6, 9, 11).contiguous(memory_format=layout).requires_grad_(True)

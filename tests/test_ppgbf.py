@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from prn_data.records import Category, CategorySet
-from prn_model.merge import merge_image, CategoryTables
+from prn_model.merge import CategoryTables, merge_image
 from prn_model.ppgbf import (
     PostProcessConfig,
+    _center_gate,
     _max_filter,
     _max_filter_rows,
     _nearest_dense,
@@ -131,7 +132,7 @@ def test_box_gate_keeps_touching_instances_apart():
     cats, sem, center, off, box, fg = _touching_case()
     tables = CategoryTables(cats)
     cfg = PostProcessConfig(stuff_area=0)
-    pan, segs = merge_image(sem, center, off, box, fg, tables, cfg)
+    pan, segs = merge_image(sem, center, off, box, fg, tables=tables, cfg=cfg)
     expected = np.full((40, 60), 5000)
     expected[:20, :20] = 1001  # A: the higher center score comes first
     expected[:20, 20:40] = 1002
@@ -145,7 +146,7 @@ def test_box_gate_keeps_touching_instances_apart():
 
     # Panoptic-DeepLab grouping sends every pixel to B's center: one merged instance.
     pdl = PostProcessConfig(stuff_area=0, grouping="panoptic_deeplab")
-    pan, segs = merge_image(sem, center, off, box, fg, tables, pdl)
+    pan, segs = merge_image(sem, center, off, box, fg, tables=tables, cfg=pdl)
     expected[:20, :40] = 1001
     np.testing.assert_array_equal(pan, expected)
     assert [(s.id, s.area) for s in segs] == [(1001, 800), (5000, 1600)]
@@ -164,8 +165,6 @@ def test_chunking_does_not_change_the_result():
     assert torch.equal(a, b)
     assert (a >= 0).any() and (a == -1).any()
     # brute force: nearest among eligible
-    from prn_model.ppgbf import _center_gate
-
     d = ((target[:, None, :] - centers[None]) ** 2).sum(-1)
     elig = _center_gate(pbox.t(), cbox, 0.5).t()  # (n, K)
     d[~elig] = float("inf")

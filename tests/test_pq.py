@@ -1,4 +1,4 @@
-"""PQ (prn_model.pq): hand-made cases with known answers, and agreement with cityscapesscripts' port of
+"""PQ (prn_data.pq): hand-made cases with known answers, and agreement with cityscapesscripts' port of
 panopticapi's pq_compute on the real COCO sample with perturbed predictions."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import contextlib
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from prn_data.errors import DatasetError
-from prn_data.panoptic_io import read_rgb_ids, write_rgb_ids
-from prn_model.pq import pq_compute, pq_from_arrays, read_png_ids
+from prn_data.panoptic_io import read_rgb_ids
+from prn_data.pq import pq_compute, pq_from_arrays, read_png_ids
+from prn_data.testing import perturb
 
 CATS = [
     {"id": 1, "name": "person", "isthing": 1},
@@ -107,91 +107,6 @@ def test_crowd_is_never_a_false_negative_and_covers_predictions():
 
 
 # --- files: cross-check with cityscapesscripts ----------------------------------------------------------
-
-
-def repeat_images(coco: dict, copies: int) -> dict:
-    """``coco`` (a COCO panoptic JSON's dict) with its annotations repeated ``copies`` times under distinct
-    image ids ``<id>_<copy>`` (the same PNGs): many images to score from the two-image sample."""
-    return dict(coco, annotations=[dict(a, image_id=f"{a['image_id']}_{c}") for c in range(copies) for a in coco["annotations"]])
-
-
-def perturb(gt_json: dict, gt_dir: Path, out_dir: Path, seed: int) -> Path:
-    """Write a perturbed copy of the COCO sample ground truth as predictions: segments shifted, eroded,
-    relabelled, dropped, split, merged, plus spurious segments on VOID / crowd; fresh random ids."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    cats = [c["id"] for c in gt_json["categories"]]
-    thing = {c["id"]: c["isthing"] for c in gt_json["categories"]}
-    (out_dir / "pred").mkdir(parents=True)
-    anns = []
-    for ann in gt_json["annotations"]:
-        gt = read_rgb_ids(gt_dir / ann["file_name"])
-        pred = np.zeros_like(gt)
-        infos = []
-        used = set()
-
-        def new_id():
-            while True:
-                i = int(rng.integers(1, 1 << 24))
-                if i not in used:
-                    used.add(i)
-                    return i
-
-        for s in ann["segments_info"]:
-            m = gt == s["id"]
-            op = rng.choice(["keep", "shift", "erode", "relabel", "drop", "split"], p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
-            cat = s["category_id"]
-            if op == "drop":
-                continue
-            if op == "shift":
-                m = np.roll(m, tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
-            elif op == "erode":
-                m = ndimage.binary_erosion(m, iterations=int(rng.integers(1, 4)))
-            elif op == "relabel":
-                same = [c for c in cats if thing[c] == thing[cat] and c != cat]
-                cat = int(rng.choice(same))
-            if op == "split" and m.sum() > 10:
-                ys = np.nonzero(m.any(1))[0]
-                cut = ys[len(ys) // 2]
-                top = m.copy()
-                top[cut:] = False
-                for part in (top, m & ~top):
-                    if part.any():
-                        i = new_id()
-                        pred[part] = i
-                        infos.append({"id": i, "category_id": cat, "iscrowd": 0})
-                continue
-            if m.any():
-                i = new_id()
-                pred[m] = i
-                infos.append({"id": i, "category_id": cat, "iscrowd": 0})
-        # spurious segments: one on VOID (+ neighbours), one covering part of the first crowd region
-        void = gt == 0
-        if void.any():
-            i = new_id()
-            pred[ndimage.binary_dilation(void, iterations=2) & (pred == 0)] = i
-            infos.append({"id": i, "category_id": int(rng.choice(cats)), "iscrowd": 0})
-        crowd = [s for s in ann["segments_info"] if s["iscrowd"]]
-        if crowd:
-            m = (gt == crowd[0]["id"]) & (np.arange(gt.shape[1])[None, :] % 2 == 0)
-            i = new_id()
-            pred[m] = i
-            infos.append({"id": i, "category_id": crowd[0]["category_id"], "iscrowd": 0})
-        # a merge of two segments of one class (things become one blob)
-        present = {x["id"]: x for x in infos if (pred == x["id"]).any()}
-        infos = list(present.values())
-        persons = [x for x in infos if x["category_id"] == 1]
-        if len(persons) >= 2:
-            a, b = persons[:2]
-            pred[pred == b["id"]] = a["id"]
-            infos.remove(b)
-        name = ann["file_name"]
-        write_rgb_ids(out_dir / "pred" / name, pred)
-        anns.append({"image_id": ann["image_id"], "file_name": name, "segments_info": infos})
-    path = out_dir / "pred.json"
-    path.write_text(json.dumps({"annotations": anns, "categories": gt_json["categories"]}))
-    return path
 
 
 def assert_same(ours: dict, theirs: dict) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 
 from conftest import REPO
-from prn_data.cli.reference import cli_reference, embed
+from prn_model.cli.reference import cli_reference, embed
 
 
 def test_cli_reference_in_readme_is_current():
     readme = (REPO / "README.md").read_text()
     assert embed(readme, cli_reference()) == readme, (
-        "README's CLI reference is stale: run `.venv/bin/python -m prn_data.cli.reference --write README.md`"
+        "README's CLI reference is stale: run `.venv/bin/python -m prn_model.cli.reference --write README.md`"
     )
 
 

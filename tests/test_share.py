@@ -16,10 +16,10 @@ from prn_data.errors import PrnError
 from prn_data.inspect import store_info
 from prn_data.location import http_supports_ranges, whole_object_ranges, zarr_store
 from prn_data.share import list_store_files, pack, unpack
+from prn_data.testing import build_sample_store, run_prn
+from prn_data.verify import verify_store
 
 from http_serving import serve
-from prn_data.verify import verify_store
-from test_inspect import build_sample_store, run_prn
 
 
 def _tiny_store(path: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The Zarr store on its own: schema, encodings, whole-shard writes, reads, opening errors (issue 3)."""
+"""The Zarr store on its own: schema, encodings, whole-shard writes, reads, opening errors (README "The store")."""
 
 from __future__ import annotations
 
@@ -371,12 +371,12 @@ def test_a_damaged_chunk_is_a_store_error(tmp_path):
     from numcodecs import Zstd
     from zarr.core.buffer import default_buffer_prototype
 
-    from prn_data.store import _assemble_shard, _parse_shard
+    from prn_data.store.shards import assemble_shard, parse_shard
 
     path = tmp_path / "s.zarr" / key
-    chunks = _parse_shard(default_buffer_prototype().buffer.from_bytes(path.read_bytes()), 2, key)
+    chunks = parse_shard(default_buffer_prototype().buffer.from_bytes(path.read_bytes()), 2, key)
     short = Zstd(level=1).encode(np.zeros(10, np.uint16))  # valid zstd, wrong length
-    path.write_bytes(_assemble_shard([chunks[0], short], 3))
+    path.write_bytes(assemble_shard([chunks[0], short], 3))
     ro.read_sample(0)
     with pytest.raises(StoreError, match=r"gt/center/c/0/0/0/0: chunk decodes to 20 bytes, expected 3072"):
         ro.read_sample(1)
@@ -395,3 +395,25 @@ def test_decode_is_one_pass_and_matches_the_two_step_formula():
     out = np.empty((8, 8), np.float32)
     lut = decode(d["gt/semantic_weight"], np.array([[0, 1, 2]] * 8, np.uint8)[:, [0, 1, 2, 0, 1, 2, 0, 1]], out=out)
     assert lut is out and out[0].tolist() == [0.0, 1.0, 3.0, 0.0, 1.0, 3.0, 0.0, 1.0]
+
+
+def test_mirrored_decode_equals_decoding_then_mirroring():
+    """decode(..., mirror=...) reverses the valid columns and reorders/negates channels in the same pass."""
+    from prn_data.store import Mirror, decode, schema
+
+    d = {x.path: x for x in schema((4, 8), 3, True)}
+    rng = np.random.default_rng(0)
+    q = rng.integers(-300, 300, (7, 4, 8)).astype(np.int16)
+    w, chans, neg = 5, (0, 1, 2, 3, 4, 6, 5), (2,)
+    got = decode(d["base/instance"], q, mirror=Mirror(w, chans, neg))
+    plain = decode(d["base/instance"], q)
+    want = plain.copy()
+    for k, c in enumerate(chans):
+        want[k, :, :w] = (-1 if k in neg else 1) * plain[c, :, w - 1 :: -1]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    codes = rng.integers(0, 3, (4, 8)).astype(np.uint8)
+    out = np.empty((4, 8), np.float32)
+    lut = decode(d["gt/semantic_weight"], codes, out=out, mirror=Mirror(w))
+    want = decode(d["gt/semantic_weight"], codes)
+    want[:, :w] = want[:, w - 1 :: -1]
+    assert lut is out and np.array_equal(out, want)

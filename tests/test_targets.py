@@ -1,4 +1,4 @@
-"""Ground-truth targets on tiny hand-made label maps (DESIGN §3), checked pixel by pixel."""
+"""Ground-truth targets on tiny hand-made label maps (README "Conventions"), checked pixel by pixel."""
 
 from __future__ import annotations
 

@@ -11,32 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from prn_data.testing import build_tiny_store
+from prn_model.cli import app
+from prn_model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from prn_model.config import ConfigError, config_from_dict, load_config, override
-from prn_model.train import CheckpointError, TrainingError, load_checkpoint, lr_factor, read_checkpoint, train
+from prn_model.evaluate import validation
+from prn_model.optim import lr_factor
+from prn_model.train import TrainingError, train
+
+from helpers import tiny_config
 from http_serving import free_port, serve
-from test_data import build_tiny_store
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("semantic", "center", "center_offset", "box_offset", "foreground")
-
-# The smallest network: ResNet-18 layout at 1/8 width; GroupNorm so batches of one behave.
-TINY_MODEL = {"depth": 18, "widths": [8, 16, 32, 64], "n_en": 8, "c_de": 16, "skip_channels": 8,
-              "semantic_head_channels": 16, "head_channels": 8, "norm": "group"}
-
-
-def tiny_config(store: str, out: Path, **changes) -> "TrainConfig":  # noqa: F821
-    d = {
-        "model": TINY_MODEL,
-        "data": {"store": store, "batch_size": 2, "num_workers": 0},
-        "augment": {"gridmask": {"prob": 0.5, "d_min": 8, "d_max": 24}},
-        "iters": 4,
-        "log_every": 1,
-        "checkpoint_every": 100,
-        "device": "cpu",
-        "out": str(out),
-    }
-    return override(config_from_dict(d), **changes)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -101,7 +90,8 @@ def test_resume_gives_the_same_losses(store, tmp_path):
 
 def test_checkpoint_round_trip_and_errors(store, tmp_path):
     cfg = tiny_config(store, tmp_path / "run", iters=1, **{"data.val_store": store})
-    summary = train(cfg, show_progress=False)
+    assert validation(tiny_config(store, tmp_path / "unused")) is None  # no val store: nothing to validate
+    summary = train(cfg, validate=validation(cfg), show_progress=False)
     val = [json.loads(line) for line in (tmp_path / "run" / "val.jsonl").read_text().splitlines()]
     assert len(val) == 1 and val[0]["step"] == 1 and 0 <= val[0]["pq"] <= 100
     model, cfg2 = load_checkpoint(tmp_path / "run" / "model.pt", "cpu")
@@ -161,10 +151,6 @@ def test_trains_from_a_store_served_over_http(store, tmp_path):
 
 
 def test_cli_train_overrides_the_config(store, tmp_path):
-    from typer.testing import CliRunner
-
-    from prn_data.cli import app
-
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(json.dumps(tiny_config("nowhere.zarr", tmp_path / "unused", iters=50).to_dict()))
     out = tmp_path / "cli"

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prn_data.testing import build_sample_store, run_prn
 from prn_data.verify import verify_store
-from test_inspect import build_sample_store, run_prn
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 from ..errors import BaseNetworkError
-from ..records import LABEL_DIVISOR, VOID, CategorySet, Sample, Segment
-from . import BasePrediction, parse_options
+from ..panoptic_io import refresh_segments
+from ..records import VOID, CategorySet, IdAllocator, Sample, Segment
+from .prediction import BasePrediction
+from .spec import parse_options
 
 NO_LABEL = (0, 255)
 
@@ -33,7 +37,7 @@ NO_LABEL = (0, 255)
 class CocoResultsBase:
     """Reads instance results and semantic PNGs; the JSON is loaded lazily (once per process)."""
 
-    def __init__(self, instances_json: str | Path, semantic_dir: str | Path, categories: CategorySet,
+    def __init__(self, instances_json: str | Path, semantic_dir: str | Path, categories: CategorySet, *,
                  overlap: float = 0.5, stuff_area: int = 4096, confidence: float = 0.5, allow_missing: bool = False):
         self.instances_json = Path(instances_json)
         self.semantic_dir = Path(semantic_dir)
@@ -49,7 +53,7 @@ class CocoResultsBase:
         self._by_image: dict[str, list[dict]] | None = None
 
     @staticmethod
-    def from_spec(spec: str, rest: str, categories: CategorySet, allow_missing: bool = False) -> "CocoResultsBase":
+    def from_spec(spec: str, rest: str, categories: CategorySet, *, allow_missing: bool = False) -> "CocoResultsBase":
         parts = rest.split(",")
         if len(parts) < 2 or not parts[0] or not parts[1]:
             raise BaseNetworkError(f"base spec {spec!r}: expected coco-results:INSTANCES_JSON,SEMANTIC_DIR")
@@ -65,7 +69,7 @@ class CocoResultsBase:
                 raise BaseNetworkError(f"base spec {spec!r}: {key}={value!r} is not a number") from None
         return CocoResultsBase(parts[0], parts[1], categories, allow_missing=allow_missing, **kwargs)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_by_image"] = None
         return state
@@ -88,8 +92,6 @@ class CocoResultsBase:
         return [self.predict_one(s) for s in samples]
 
     def _semantic(self, sample: Sample) -> np.ndarray | None:
-        from PIL import Image
-
         path = self.semantic_dir / f"{Path(sample.file_name).stem}.png"
         if not path.is_file():
             return None
@@ -109,8 +111,6 @@ class CocoResultsBase:
         return sem
 
     def predict_one(self, sample: Sample) -> BasePrediction:
-        from pycocotools import mask as mask_utils
-
         where = f"{self.instances_json} (image {sample.image_id})"
         size = tuple(int(v) for v in sample.orig_size)
         sem = self._semantic(sample)
@@ -123,7 +123,7 @@ class CocoResultsBase:
         pan = np.full(size, VOID, dtype=np.int32)
         taken = np.zeros(size, dtype=bool)
         segments: list[Segment] = []
-        counters: dict[int, int] = {}
+        ids = IdAllocator()
         for a in anns:
             score = float(a.get("score", 0.0))
             if score < self.confidence:
@@ -150,8 +150,10 @@ class CocoResultsBase:
             if not free.any():
                 continue
             cat = self.categories.by_id(cid)
-            counters[cid] = counters.get(cid, 0) + 1
-            sid = cid * LABEL_DIVISOR + counters[cid]
+            try:
+                sid = ids.thing(cid)
+            except ValueError as exc:  # too many instances of one class for the label divisor
+                raise BaseNetworkError(f"{where}: {exc}") from None
             pan[free] = sid
             taken |= free
             segments.append(Segment(sid, cid, cat.train_id, True, score=score))
@@ -161,11 +163,10 @@ class CocoResultsBase:
             m = (sem == c.id) & ~taken
             if int(m.sum()) < self.stuff_area or not m.any():
                 continue
-            pan[m] = c.id * LABEL_DIVISOR
+            sid = ids.stuff(c.id)
+            pan[m] = sid
             taken |= m
-            segments.append(Segment(c.id * LABEL_DIVISOR, c.id, c.train_id, False))
-        from ..panoptic_io import refresh_segments
-
+            segments.append(Segment(sid, c.id, c.train_id, False))
         return BasePrediction(pan, refresh_segments(pan, segments), None, str(sample.image_id))
 
 

@@ -1,4 +1,4 @@
-"""Encoding a base network's prediction as PRN's inputs (paper §3.2 "Input Processing"; DESIGN §3).
+"""Encoding a base network's prediction as PRN's inputs (paper §3.2 "Input Processing"; README "Conventions").
 
 - ``instance (7, h, w) float32``: center heatmap (a Gaussian per predicted non-crowd thing segment, scaled
   by the segment's score when the base gives one), center offsets (dy, dx) and box offsets (top, bottom,
@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import BaseNetworkError, DatasetError
-from ..panoptic_io import semantic_from_panoptic
+from ..panoptic_io import refresh_segments, semantic_from_panoptic
 from ..records import IGNORE_LABEL
-from ..panoptic_io import refresh_segments
 from ..resize import resize_labels
-from . import BasePrediction, check_probs
+from ..targets import TargetParams, encode_instances
+from .prediction import BasePrediction, check_probs
 
 
 def quarter_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -40,16 +43,11 @@ def resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         if not shrink:
             # Enlarging needs no antialiasing: OpenCV's float bilinear (the same half-pixel formula as
             # torch's, within 2e-5) per class plane is ~1.6× faster than torch's 133-channel kernel.
-            import cv2
-
             src = np.ascontiguousarray(probs)
             out = np.empty((src.shape[0],) + tuple(size), dtype=np.float32)
             for c in range(src.shape[0]):
                 cv2.resize(src[c], (size[1], size[0]), dst=out[c], interpolation=cv2.INTER_LINEAR)
             return normalise_probs(out, inplace=True)
-        import torch
-        import torch.nn.functional as F
-
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(probs))[None]
             probs = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False,
@@ -86,15 +84,13 @@ def one_hot_probs(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def encode_base(pred: BasePrediction, size: tuple[int, int], num_classes: int, params) -> dict:
+def encode_base(pred: BasePrediction, size: tuple[int, int], num_classes: int, params: TargetParams) -> dict:
     """Resize ``pred`` to the stored ``size = (h, w)`` and encode PRN's inputs (module docstring).
 
     ``params`` is a :class:`prn_data.targets.TargetParams` (its ``sigma`` sets the Gaussians). Returns
     ``{"instance": (7, h, w) float32, "semantic": (num_classes, ⌈h/4⌉, ⌈w/4⌉) float32,
     "panoptic": (h, w) int32, "segments": list[dict]}``.
     """
-    from ..targets import encode_instances
-
     size = (int(size[0]), int(size[1]))
     where = f"image {pred.image_id}" if pred.image_id else "base prediction"
     panoptic = resize_labels(np.asarray(pred.panoptic, dtype=np.int32), size)

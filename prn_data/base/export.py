@@ -14,11 +14,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..datasets import Dataset
 from ..panoptic_io import write_rgb_ids
-from . import BasePrediction
+from .prediction import BaseNetwork, BasePrediction
 
 
-def _json_image_id(image_id: str):
+def _json_image_id(image_id: str) -> int | str:
     # COCO's own JSON uses integer image ids; keep them integers so official tools match gt and pred.
     return int(image_id) if str(image_id).isdigit() else str(image_id)
 
@@ -36,8 +37,8 @@ def write_prediction(out_dir: Path, stem: str, pred: BasePrediction) -> dict:
     }
 
 
-def export_predictions(dataset, base, out_dir: str | Path, limit: int | None = None, batch: int = 4,
-                       on_progress: Callable[[int], None] | None = None) -> Path:
+def export_predictions(dataset: Dataset, base: BaseNetwork, out_dir: str | Path, *, limit: int | None = None,
+                       batch: int = 4, on_progress: Callable[[int], None] | None = None) -> Path:
     """Run ``base`` over ``dataset`` (first ``limit`` samples) and write COCO panoptic files to ``out_dir``.
 
     Returns the JSON path. ``on_progress(n)`` is called after each batch with the number of samples done.

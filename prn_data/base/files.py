@@ -1,4 +1,4 @@
-"""The ``files:DIR`` adapter: predictions exported in COCO panoptic format (DESIGN §4).
+"""The ``files:DIR`` adapter: predictions exported in COCO panoptic format (README "Base networks (`--base`)").
 
 ``DIR`` holds one JSON file with ``annotations[]`` (``image_id``, ``file_name``, ``segments_info``), as
 detectron2's COCO panoptic evaluator, DETR's panoptic post-processor, panopticapi's converters and
@@ -18,13 +18,13 @@ import numpy as np
 from ..errors import BaseNetworkError, DatasetError
 from ..panoptic_io import read_rgb_ids
 from ..records import CategorySet, Sample
-from . import BasePrediction, check_probs, renumber
+from .prediction import BasePrediction, check_probs, renumber
 
 
 class FilesBase:
     """Reads exported predictions; the JSON index is loaded lazily (once per process)."""
 
-    def __init__(self, directory: str | Path, categories: CategorySet, allow_missing: bool = False):
+    def __init__(self, directory: str | Path, categories: CategorySet, *, allow_missing: bool = False):
         self.dir = Path(directory)
         self.categories = categories
         self.allow_missing = allow_missing
@@ -40,7 +40,7 @@ class FilesBase:
             raise BaseNetworkError(f"{self.dir}: expected exactly one COCO panoptic JSON, found {len(jsons)}")
         return jsons[0]
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_index"] = None  # workers rebuild it rather than receive a large pickle
         return state

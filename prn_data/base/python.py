@@ -1,4 +1,5 @@
-"""The ``python:module:factory`` adapter: a user's PyTorch model as the base network (DESIGN §4).
+"""The ``python:module:factory`` adapter: a user's PyTorch model as the base network (README "Base networks
+(`--base`)").
 
 ``factory()`` (called with no arguments, once per process) returns ``(model, categories)``:
 
@@ -23,34 +24,34 @@ worker per GPU) and GPU 0 outside one; else the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any
 
 import numpy as np
+import torch
+from distributed import get_worker
 
 from ..errors import BaseNetworkError
 from ..records import CategorySet, Sample
-from . import BasePrediction, check_probs, parse_options, renumber
+from .prediction import BasePrediction, check_probs, renumber
+from .spec import parse_options
 
 _MODELS: dict[tuple[str, str, str], tuple[Any, list[int]]] = {}
 
 
 def pick_device() -> str:
     """The torch device string this process should run the model on (module docstring)."""
-    import torch
-
     if os.environ.get("PRN_DEVICE"):
         return os.environ["PRN_DEVICE"]
     if not torch.cuda.is_available():
         return "cpu"
     index = 0
     try:
-        from distributed import get_worker
-
         name = get_worker().name
         index = int(name) % torch.cuda.device_count() if str(name).isdigit() else 0
-    except (ImportError, ValueError):
+    except ValueError:
         pass  # not inside a Dask worker
     return f"cuda:{index}"
 
@@ -123,10 +124,6 @@ class PythonBase:
         return out
 
     def _run(self, samples: list[Sample]) -> list[BasePrediction]:
-        import contextlib
-
-        import torch
-
         model, ids, device = self.load()
         images = [torch.from_numpy(np.require(s.image, requirements=("C", "W"))).permute(2, 0, 1)
                   .to(device, torch.float32) for s in samples]

@@ -1,4 +1,5 @@
-"""A *simulator* of a two-stage base panoptic network, made from the ground truth (DESIGN §4; paper §1, §4.1).
+"""A *simulator* of a two-stage base panoptic network, made from the ground truth (paper §1, §4.1; README
+"`simulated` — a simulator of a two-stage base network").
 
 This is not a trained network. It imitates the typical errors of Panoptic FPN-style networks that the PRN
 paper sets out to fix (§1: low-resolution RoI masks, heuristic merging of instance and stuff outputs), so that
@@ -33,12 +34,14 @@ import hashlib
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import BaseNetworkError
 from ..panoptic_io import refresh_segments, segment_stats, semantic_from_panoptic
-from ..records import IGNORE_LABEL, LABEL_DIVISOR, VOID, CategorySet, Sample, Segment
+from ..records import IGNORE_LABEL, VOID, CategorySet, IdAllocator, Sample, Segment
 from ..resize import resize_labels
-from . import BasePrediction, parse_options
+from .prediction import BasePrediction
+from .spec import parse_options
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class SimParams:
     blur: float = 1.0
     overlap: float = 0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("miss", "spurious", "confuse", "overlap"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -79,8 +82,6 @@ def image_rng(seed: int, image_id: str) -> np.random.Generator:
 def roi_resample(mask: np.ndarray, box: tuple[float, float, float, float], res: int) -> np.ndarray:
     """Sample ``mask (H, W) bool`` inside ``box = (y0, x0, y1, x1)`` (continuous pixel-edge coordinates) on a
     ``res × res`` grid, averaging 2×2 bilinear samples per bin like RoIAlign. Returns ``(res, res) float32``."""
-    from scipy import ndimage
-
     y0, x0, y1, x1 = box
     sub = (np.arange(2 * res) + 0.5) / (2 * res)
     ys = y0 + sub * (y1 - y0) - 0.5  # continuous → index coordinates (pixel p spans [p, p+1))
@@ -93,8 +94,6 @@ def roi_resample(mask: np.ndarray, box: tuple[float, float, float, float], res: 
 def roi_paste(roi: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
     """Paste a ``(res, res)`` soft mask into an image of ``size`` over ``box`` by bilinear interpolation
     (zero outside the grid) and threshold at 0.5, as Mask R-CNN does. Returns ``(H, W) bool``."""
-    from scipy import ndimage
-
     res = roi.shape[0]
     y0, x0, y1, x1 = box
     H, W = size
@@ -215,13 +214,13 @@ class SimulatedBase:
 
         # Heuristic merge (Kirillov et al.): instances by decreasing score, then stuff.
         pan = np.full((H, W), VOID, dtype=np.int32)
+        ids = IdAllocator()
         stuff_lut = np.full(256, VOID, dtype=np.int32)
         for c in cats:
             if not c.isthing:
-                stuff_lut[c.train_id] = c.id * LABEL_DIVISOR
+                stuff_lut[c.train_id] = ids.stuff(c.id)
         pan[:] = stuff_lut[sem_up]
         claimed = np.zeros((H, W), dtype=bool)
-        counters: dict[int, int] = {}
         segments: list[Segment] = []
         n_overlap = 0
         spurious_ids = []
@@ -235,8 +234,7 @@ class SimulatedBase:
                 n_overlap += 1
                 continue
             cat = cats[t]
-            counters[cat.id] = counters.get(cat.id, 0) + 1
-            sid = cat.id * LABEL_DIVISOR + counters[cat.id]
+            sid = ids.thing(cat.id)
             pan[free] = sid
             claimed |= free
             segments.append(Segment(sid, cat.id, cat.train_id, True, score=score))
@@ -244,13 +242,11 @@ class SimulatedBase:
                 spurious_ids.append(sid)
         for c in cats:
             if not c.isthing:
-                segments.append(Segment(c.id * LABEL_DIVISOR, c.id, c.train_id, False))
+                segments.append(Segment(ids.stuff(c.id), c.id, c.train_id, False))
         segments = refresh_segments(pan, segments)
 
         # Softened one-hot at 1/stride resolution: blurred so boundaries are uncertain, and scaled so the
         # interior probability of the predicted class is ``confidence`` whatever the class count.
-        from scipy import ndimage
-
         n = len(cats)
         gain = np.float32(np.log(p.confidence * max(n - 1, 1) / (1.0 - p.confidence)) if n > 1 else 0.0)
         present = np.unique(sem_q[sem_q != IGNORE_LABEL]).astype(np.int64)

@@ -1,28 +1,24 @@
-"""The Typer application behind the ``prn`` command, and the progress bar every long loop uses.
+"""The Typer application of the data commands, and the entry-point wrapper every ``prn`` app runs under.
 
-Each command lives in its own module of this package and registers itself on :data:`app` (or on one of
-its sub-apps); heavy imports (torch, dask, zarr) happen inside the command functions so ``prn --help``
-stays fast.
+Each data command lives in its own module of this package and registers itself on :data:`app` (or on
+:data:`base_app`); heavy imports (dask, zarr, matplotlib) happen inside the command functions so
+``prn --help`` stays fast. The ``prn`` console command is :mod:`prn_model.cli`, which joins these commands
+with the model's; the progress bar and console live in :mod:`prn_data.progress`.
 """
 
 from __future__ import annotations
 
+import sys
+
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+from ..errors import PrnError
+from ..progress import console, progress
 
 app = typer.Typer(
     name="prn",
-    help="Panoptic Refinement Network toolkit: build Zarr stores of PRN inputs and targets, inspect and "
-    "share them, train PRN and evaluate it against its base network.",
+    help="prn's data commands: generate and describe datasets, build Zarr stores of PRN inputs and targets, "
+    "inspect, verify and share them, and score COCO panoptic predictions (PQ).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -30,20 +26,14 @@ app = typer.Typer(
 base_app = typer.Typer(help="Base panoptic networks: export their predictions.", no_args_is_help=True)
 app.add_typer(base_app, name="base")
 
-console = Console(stderr=True)
+
+def run(cli: typer.Typer) -> None:
+    """Run ``cli``, printing prn's own errors as one line (no traceback), exit status 2."""
+    try:
+        cli()
+    except PrnError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
 
 
-def progress(transient: bool = False) -> Progress:
-    """A rich progress bar showing done/total, rate-derived ETA and elapsed time (written to stderr)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=transient,
-    )
+__all__ = ["app", "base_app", "console", "progress", "run"]

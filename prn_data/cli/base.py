@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import BaseNetworkError
 from .app import base_app, progress
 
 
@@ -26,7 +27,6 @@ def export(
     from ..base import open_base
     from ..base.export import export_predictions
     from ..datasets import open_dataset
-    from ..errors import BaseNetworkError
 
     ds = open_dataset(dataset, split)
     net = open_base(base, ds.categories, allow_missing=allow_missing)

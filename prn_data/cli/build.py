@@ -1,7 +1,8 @@
-"""``prn build``: generate a store of PRN inputs and targets in parallel with Dask (issue 3)."""
+"""``prn build``: generate a store of PRN inputs and targets in parallel with Dask (README "A tour", step 1)."""
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import typer
@@ -43,8 +44,6 @@ def build(
     cfg = BuildConfig(dataset=dataset, split=split, base=base, out=out, limit=limit, workers=workers,
                       scheduler=scheduler, shard_size=shard_size, overwrite=overwrite,
                       policy=ResizePolicy(short=short, max_long=max_long), image_codec=image_codec)
-    import time
-
     with progress() as bar:
         task = bar.add_task("build", total=None, rate="")
         t0 = time.perf_counter()  # the rate includes start-up, as a user experiences it

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import typer
 
+from ..errors import DatasetError, PrnError
 from .app import app, console, progress
 
 
 def _size(text: str, option: str) -> tuple[int, int]:
-    from ..errors import PrnError
-
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -49,7 +48,6 @@ def dataset(
 ) -> None:
     """Print a dataset's description (JSON); with --check, read every sample and list the failures."""
     from ..datasets import open_dataset
-    from ..errors import DatasetError
 
     ds = open_dataset(spec, split)
     desc = ds.describe() | {"categories": len(ds.categories), "things": len(ds.categories.thing_train_ids)}

@@ -1,4 +1,4 @@
-"""CLI commands: ``prn info``, ``prn show``, ``prn stats``, ``prn verify`` (inspect a store, issue 5).
+"""CLI commands: ``prn info``, ``prn show``, ``prn stats``, ``prn verify`` (inspect a store; README "A tour").
 
 Every STORE argument is a path or URL :func:`prn_data.store.open_store` accepts: a folder, a ``.zip``,
 ``http(s)://…``, ``s3://…``; all four commands only read.
@@ -9,15 +9,22 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
 from ..errors import StoreError
 from .app import app, progress
 
+if TYPE_CHECKING:  # for annotations only: the commands open stores inside their functions
+    from ..store import Store
 
-def _bar_callback(bar, description: str):
+
+def _bar_callback(bar: Progress, description: str) -> Callable[[int, int], None]:
+    """A task on ``bar`` and the ``(done, total)`` callback that updates it."""
     task = bar.add_task(description, total=None, rate="")
 
     def update(done: int, total: int) -> None:
@@ -38,13 +45,11 @@ def info(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
-        from rich.console import Console
-
         # Wide enough for the array table even when piped (rich assumes 80 columns then).
         render_info(data, Console(width=max(Console().width, 140)))
 
 
-def _index_by_id(st, image_id: str) -> int:
+def _index_by_id(st: Store, image_id: str) -> int:
     ids = [str(v) for v in st.array("image_id")[:]]
     try:
         return ids.index(image_id)
@@ -88,9 +93,6 @@ def stats(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Reader threads (default: cores, at most 4)."),
 ) -> None:
     """Per-category pixel and instance counts, instance-size histogram, and the base network's PQ."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ..stats import store_stats
     from ..store import open_store
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import typer
+from rich.progress import Progress
 
 from .app import app, console, progress
 
 
-def _bar(description: str):
+def _bar(description: str) -> tuple[Progress, Callable[[int, int], None]]:
     """A progress bar and the ``(done, total)`` callback that advances it."""
     bar = progress(transient=True)
     task = bar.add_task(description, total=None, rate="")

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from .cityscapes import CityscapesDataset
+from .cityscapes_panoptic import CityscapesPanopticDataset, find_panoptic_json
+from .coco import CocoPanopticDataset
 from .common import Dataset
+from .synthetic import SyntheticConfig, SyntheticDataset, default_root
 
 __all__ = ["Dataset", "open_dataset", "open_described"]
 
@@ -39,8 +43,6 @@ def open_dataset(spec: str, split: str, **options: Any) -> Dataset:
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "coco":
-        from .coco import CocoPanopticDataset
-
         _check_options(spec, options, {"images_dir", "panoptic_dir", "json_path"})
         return CocoPanopticDataset(_need_path(spec, arg), split, **options)
     if kind == "cityscapes":
@@ -73,9 +75,6 @@ def _need_path(spec: str, arg: str) -> Path:
 
 
 def _open_cityscapes(root: Path, split: str, format: str | None = None, **options: Any) -> Dataset:
-    from .cityscapes import CityscapesDataset
-    from .cityscapes_panoptic import CityscapesPanopticDataset, find_panoptic_json
-
     fmt = (format or "").lower() or None
     if fmt is None:
         fmt = "panoptic" if options.get("json_path") or find_panoptic_json(root, split) else "gtfine"
@@ -89,8 +88,6 @@ def _open_cityscapes(root: Path, split: str, format: str | None = None, **option
 
 
 def _open_synthetic(arg: str, split: str, root: str | Path | None = None, seed: int = 0, **gen: Any) -> Dataset:
-    from .synthetic import SyntheticConfig, SyntheticDataset, default_root
-
     try:
         num = int(arg) if arg else DEFAULT_SYNTHETIC_NUM
     except ValueError:

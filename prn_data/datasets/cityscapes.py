@@ -5,35 +5,30 @@ Labels come from ``cityscapesscripts.helpers.labels``: the 19 evaluation classes
 train ids 0..18 in train-id order, 8 things). In ``instanceIds`` a thing pixel is labelId·1000 + instance,
 and a thing pixel below 1000 (just its labelId) belongs to a crowd region: one crowd segment per class.
 Every class ignored in evaluation is VOID. Segment order: by label id, instances by their file value, each
-class's crowd region last, so an instance labelId·1000 + j becomes labelId·1000 + j + 1 (DESIGN §3 ids).
+class's crowd region last, so an instance labelId·1000 + j becomes labelId·1000 + j + 1 (the ids of the
+README's "Conventions").
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
 from ..errors import DatasetError
 from ..panoptic_io import read_image
 from ..records import Category, CategorySet, Sample
-from .common import Dataset, RawSegment, abspath, check_same_size, normalise_panoptic, png_size, present_values, read_label_png
+from .common import (Dataset, RawSegment, abspath, check_same_size, normalise_panoptic, png_size, present_values,
+                     read_label_png)
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_instanceIds.png"
 
 
-@lru_cache(maxsize=1)
-def _labels() -> tuple:
-    from cityscapesscripts.helpers.labels import labels
-
-    return tuple(labels)
-
-
 def cityscapes_categories() -> CategorySet:
     """The 19 Cityscapes evaluation classes: ``id`` = label id, ``train_id`` 0..18, colors of the devkit."""
-    evals = [lab for lab in _labels() if not lab.ignoreInEval and 0 <= lab.trainId < 255]
+    evals = [lab for lab in CITYSCAPES_LABELS if not lab.ignoreInEval and 0 <= lab.trainId < 255]
     evals.sort(key=lambda lab: lab.trainId)
     return CategorySet(
         [
@@ -44,7 +39,7 @@ def cityscapes_categories() -> CategorySet:
 
 
 def _void_label_ids() -> set[int]:
-    return {lab.id for lab in _labels() if lab.ignoreInEval and lab.id >= 0}
+    return {lab.id for lab in CITYSCAPES_LABELS if lab.ignoreInEval and lab.id >= 0}
 
 
 class CityscapesDataset(Dataset):

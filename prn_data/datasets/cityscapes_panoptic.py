@@ -59,7 +59,7 @@ class CityscapesPanopticDataset(JsonPanopticDataset):
         pan_p = Path(panoptic_dir) if panoptic_dir else json_p.with_suffix("")
         img_p = Path(images_dir) if images_dir else root / "leftImg8bit"
         self._use_train_id_option = use_train_id
-        super().__init__(root, split, json_p, pan_p, img_p)
+        super().__init__(root, split, json_path=json_p, panoptic_dir=pan_p, images_dir=img_p)
         self.use_train_id = self._detect_train_id() if use_train_id is None else bool(use_train_id)
         key = "train_id" if self.use_train_id else "id"
         self._cat_lookup = {getattr(c, key): c for c in self.categories}

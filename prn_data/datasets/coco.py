@@ -3,7 +3,7 @@
 
 Layout: ``annotations/panoptic_{split}.json``, ``annotations/panoptic_{split}/*.png`` (id = R + 256·G +
 256²·B, 0 = VOID) and ``{split}/*.jpg``. Categories come from the JSON in its order (train ids 0..N-1).
-Ids are normalised to ``category_id*1000 + k`` (DESIGN §3), the form PRN's targets and inputs are built
+Ids are normalised to ``category_id*1000 + k`` (README "Conventions"), the form PRN's targets and inputs are built
 from (paper §3.2, §3.4).
 """
 
@@ -28,7 +28,7 @@ class JsonPanopticDataset(Dataset):
 
     fmt = "coco-panoptic"
 
-    def __init__(self, root: Path, split: str, json_path: Path, panoptic_dir: Path, images_dir: Path):
+    def __init__(self, root: Path, split: str, *, json_path: Path, panoptic_dir: Path, images_dir: Path):
         self.root = Path(root)
         self.split = split
         self.json_path = Path(json_path)
@@ -183,7 +183,7 @@ class CocoPanopticDataset(JsonPanopticDataset):
         img_p = Path(images_dir) if images_dir else root / split
         if not json_p.is_file():
             raise DatasetError(json_p, f"COCO panoptic JSON for split {split!r} is missing")
-        super().__init__(root, split, json_p, pan_p, img_p)
+        super().__init__(root, split, json_path=json_p, panoptic_dir=pan_p, images_dir=img_p)
 
     def describe(self) -> dict:
         options = {k: v for k, v in self._explicit.items() if v is not None}

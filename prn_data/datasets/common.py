@@ -1,7 +1,7 @@
 """Helpers shared by the dataset readers: the ``Dataset`` base class, id normalisation and file checks.
 
-Every reader turns its file ids into the in-memory convention of DESIGN §3 (paper §3.2 encodes instances
-from these ids): ``category_id * 1000 + k`` with k ≥ 1 counting the thing segments of each class in
+Every reader turns its file ids into the in-memory convention of the README's "Conventions" (paper §3.2
+encodes instances from these ids): ``category_id * 1000 + k`` with k ≥ 1 counting the thing segments of each class in
 segment order (crowd regions included), k = 0 for stuff, VOID = -1.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from ..errors import DatasetError
-from ..records import LABEL_DIVISOR, VOID, Category, CategorySet, Sample, Segment
+from ..records import VOID, Category, CategorySet, IdAllocator, Sample, Segment
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Dataset:
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Sample]:
         return (self.load(i) for i in range(len(self)))
 
     def _check_index(self, index: int) -> int:
@@ -80,23 +81,29 @@ class Dataset:
 
 
 def assign_ids(segments: Sequence[RawSegment], listing: str | Path) -> list[int]:
-    """Normalised id of each segment, in order: ``category_id*1000 + k`` (things, k = 1, 2, … per class in
-    segment order, crowd included) or ``category_id*1000`` (stuff, at most one segment per class)."""
-    counters: dict[int, int] = {}
+    """Normalised id of each segment, in order, from :class:`~prn_data.records.IdAllocator`:
+    ``category_id*1000 + k`` (things, k = 1, 2, … per class in segment order, crowd included) or
+    ``category_id*1000`` (stuff, at most one segment per class). Problems raise :class:`DatasetError`
+    naming ``listing``."""
+    ids = IdAllocator()
     seen_file: set[int] = set()
+    seen_stuff: set[int] = set()
     out = []
     for s in segments:
         if s.file_id in seen_file:
             raise DatasetError(listing, f"segment id {s.file_id} is listed twice")
         seen_file.add(s.file_id)
         cid = s.category.id
-        k = counters.get(cid, 0) + 1 if s.category.isthing else 0
-        if not s.category.isthing and cid in counters:
-            raise DatasetError(listing, f"two stuff segments of category {cid} ({s.category.name})")
-        if k >= LABEL_DIVISOR:
-            raise DatasetError(listing, f"more than {LABEL_DIVISOR - 1} segments of category {cid}")
-        counters[cid] = k
-        out.append(cid * LABEL_DIVISOR + k)
+        if not s.category.isthing:
+            if cid in seen_stuff:
+                raise DatasetError(listing, f"two stuff segments of category {cid} ({s.category.name})")
+            seen_stuff.add(cid)
+            out.append(ids.stuff(cid))
+            continue
+        try:
+            out.append(ids.thing(cid))
+        except ValueError as exc:  # too many things of one class for the label divisor
+            raise DatasetError(listing, str(exc)) from None
     return out
 
 
@@ -143,8 +150,6 @@ def normalise_panoptic(
             label_path, f"segment ids {_few(absent)} listed in {Path(listing_path).name} are absent from it"
         )
     panoptic = new_of_known[pos].reshape(raw.shape)
-    from scipy import ndimage
-
     boxes = ndimage.find_objects((pos + 1).reshape(raw.shape).astype(np.int32), max_label=known.size)
     out = []
     for s, n in zip(segments, new_ids):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 from ..panoptic_io import id2rgb, segment_stats
-from ..records import LABEL_DIVISOR, VOID, Category, CategorySet, Segment
+from ..records import VOID, Category, CategorySet, IdAllocator, Segment
 from .coco import CocoPanopticDataset
 from .common import abspath
 
@@ -98,21 +98,21 @@ def image_id_for(split: str, index: int) -> str:
 
 
 # -- shapes ------------------------------------------------------------------------------------------
-def _ellipse(yy, xx, cy, cx, a, b, theta):
+def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, a: float, b: float, theta: float) -> np.ndarray:
     c, s = np.cos(theta), np.sin(theta)
     u = (xx - cx) * c + (yy - cy) * s
     v = -(xx - cx) * s + (yy - cy) * c
     return (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
-def _rectangle(yy, xx, cy, cx, a, b, theta):
+def _rectangle(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, a: float, b: float, theta: float) -> np.ndarray:
     c, s = np.cos(theta), np.sin(theta)
     u = (xx - cx) * c + (yy - cy) * s
     v = -(xx - cx) * s + (yy - cy) * c
     return (np.abs(u) <= a) & (np.abs(v) <= b)
 
 
-def _triangle(yy, xx, cy, cx, a, b, theta):
+def _triangle(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, a: float, b: float, theta: float) -> np.ndarray:
     angles = theta + np.array([0.0, 2.0944, 4.1888])
     py = cy + np.array([a, b, a]) * np.sin(angles)
     px = cx + np.array([a, b, a]) * np.cos(angles)
@@ -126,11 +126,11 @@ def _triangle(yy, xx, cy, cx, a, b, theta):
     return inside
 
 
-SHAPES: dict[int, Callable] = {1: _ellipse, 2: _rectangle, 3: _triangle}
+SHAPES: dict[int, Callable[..., np.ndarray]] = {1: _ellipse, 2: _rectangle, 3: _triangle}
 
 
 # -- textures ----------------------------------------------------------------------------------------
-def _stuff_texture(cid: int, yy, xx, rng: np.random.Generator) -> np.ndarray:
+def _stuff_texture(cid: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``(H, W, 3) float`` texture of stuff class ``cid`` (each class has its own pattern)."""
     base = COLORS[cid] + rng.uniform(-20, 20, 3)
     if cid == 11:  # stripes at a random angle
@@ -183,7 +183,7 @@ def make_scene(split: str, index: int, config: SyntheticConfig = SyntheticConfig
         image[mask] = (color[None, None, :] * shade[..., None])[mask]
         things.append((cid, crowd))
 
-    def random_shape(cy_, cx_, scale):
+    def random_shape(cy_: float, cx_: float, scale: float) -> tuple[int, np.ndarray]:
         cid = int(rng.choice(THING_IDS))
         a = scale * rng.uniform(0.6, 1.0)
         b = scale * rng.uniform(0.4, 1.0)
@@ -236,21 +236,23 @@ def make_scene(split: str, index: int, config: SyntheticConfig = SyntheticConfig
     panoptic = np.full((h, w), VOID, np.int32)
     areas = np.bincount(owner[owner >= 0], minlength=len(things))
     seg_list: list[tuple[int, int, bool]] = []  # (id, category id, crowd)
-    counters: dict[int, int] = {}
+    ids = IdAllocator()
     lut = np.full(len(things) + 1, VOID, np.int64)
     for t, (cid, crowd) in enumerate(things):
         if areas[t] == 0:
             continue  # fully occluded: no segment
-        counters[cid] = counters.get(cid, 0) + 1
-        lut[t] = cid * LABEL_DIVISOR + counters[cid]
+        lut[t] = ids.thing(cid)
         seg_list.append((int(lut[t]), cid, crowd))
     thing_px = owner >= 0
     panoptic[thing_px] = lut[owner[thing_px]]
     stuff_px = ~thing_px & ~seam
-    panoptic[stuff_px] = stuff_cls[stuff_px] * LABEL_DIVISOR
+    stuff_lut = np.zeros(max(STUFF_IDS) + 1, np.int64)
     for cid in STUFF_IDS:
-        if (panoptic == cid * LABEL_DIVISOR).any():
-            seg_list.append((cid * LABEL_DIVISOR, cid, False))
+        stuff_lut[cid] = ids.stuff(cid)
+    panoptic[stuff_px] = stuff_lut[stuff_cls[stuff_px]]
+    for cid in STUFF_IDS:
+        if (panoptic == stuff_lut[cid]).any():
+            seg_list.append((int(stuff_lut[cid]), cid, False))
 
     cats = synthetic_categories()
     stats = segment_stats(panoptic)
@@ -297,6 +299,7 @@ def write_synthetic(
     split: str,
     num: int,
     config: SyntheticConfig = SyntheticConfig(),
+    *,
     on_image: Callable[[int], None] | None = None,
 ) -> Path:
     """Write ``num`` scenes of ``split`` under ``root`` in the official COCO panoptic layout:

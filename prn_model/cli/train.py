@@ -28,8 +28,9 @@ def train(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
 ) -> None:
     """Train PRN on STORE as CONFIG says; every option overrides the config file."""
-    from prn_model.config import load_config, override
-    from prn_model.train import train as run_training
+    from ..config import load_config, override
+    from ..evaluate import validation
+    from ..train import train as run_training
 
     cfg = load_config(config)
     cfg = override(
@@ -49,7 +50,7 @@ def train(
     )
     if cfg.out is None:
         cfg = override(cfg, out=str(Path("cache") / "runs" / config.stem))
-    summary = run_training(cfg, resume=resume)
+    summary = run_training(cfg, resume=resume, validate=validation(cfg))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     last = summary["last_metrics"]

@@ -1,9 +1,9 @@
-"""CLI commands ``prn evaluate`` (base network vs PRN over a store) and ``prn pq`` (panopticapi-style PQ
-of any COCO panoptic pair)."""
+"""CLI command ``prn evaluate``: the base network vs PRN over a store (PPGBF §3.5, PQ / SQ / RQ §4.2)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -28,11 +28,10 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print results.json's content instead of the table."),
 ) -> None:
     """Score the base network and PRN over STORE (PQ / SQ / RQ / PQ_th / PQ_st) and print them side by side."""
-    from dataclasses import replace
-
     from prn_data.store import open_store
-    from prn_model.evaluate import default_postprocess_config, evaluate_store, format_comparison
-    from prn_model.ppgbf import GROUPINGS
+
+    from ..evaluate import default_postprocess_config, evaluate_store, format_comparison
+    from ..ppgbf import GROUPINGS
 
     if grouping not in GROUPINGS:
         raise typer.BadParameter(f"--grouping must be one of {', '.join(GROUPINGS)}")
@@ -45,40 +44,11 @@ def evaluate(
         def step(n: int, total: int) -> None:
             bar.update(task, completed=n, total=total)
 
-        results = evaluate_store(store, checkpoint, out, device, batch, gt, base_only, cfg, limit, on_progress=step, workers=workers)
+        results = evaluate_store(store, checkpoint=checkpoint, out=out, device=device, batch=batch, gt=gt,
+                                 base_only=base_only, cfg=cfg, limit=limit, on_progress=step, workers=workers)
     if as_json:
         typer.echo(json.dumps(results, indent=1, default=float))
     else:
         typer.echo(format_comparison(results))
         if out is not None:
             console.print(f"predictions and results.json in {out}")
-
-
-@app.command()
-def pq(
-    gt_json: Path = typer.Argument(..., help="Ground truth COCO panoptic JSON."),
-    gt_dir: Path = typer.Argument(..., help="Folder of the ground-truth PNGs."),
-    pred_json: Path = typer.Argument(..., help="Predicted COCO panoptic JSON."),
-    pred_dir: Path = typer.Argument(..., help="Folder of the predicted PNGs."),
-    as_json: bool = typer.Option(False, "--json", help="Print pq_compute's dict (All/Things/Stuff, per_class; fractions)."),
-    per_class: bool = typer.Option(False, "--per-class", help="Also list every class in the table."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads (default: the machine's cores, at most 8)."),
-) -> None:
-    """PQ / SQ / RQ of a COCO panoptic prediction, exactly as panopticapi's pq_compute."""
-    from prn_model.pq import _load_json, format_table, pq_compute
-
-    for d in (gt_dir, pred_dir):
-        if not d.is_dir():
-            from prn_data.errors import DatasetError
-
-            raise DatasetError(d, "PNG folder does not exist")
-    total = len(_load_json(gt_json)["annotations"])
-    with progress(transient=True) as bar:
-        task = bar.add_task("pq", total=total, rate="")
-        results = pq_compute(gt_json, gt_dir, pred_json, pred_dir, workers=workers,
-                             progress=lambda n: bar.update(task, completed=n))
-    if as_json:
-        typer.echo(json.dumps(results, indent=1, default=float))
-    else:
-        cats = _load_json(gt_json).get("categories")
-        typer.echo(format_table(results, cats, per_class=per_class))

@@ -1,4 +1,4 @@
-"""``prn demo``: the whole toolkit end to end on the CPU, everything under one folder (issue 9).
+"""``prn demo``: the whole toolkit end to end on the CPU, everything under one folder (README "Two commands").
 
 Stages (each one reuses what an earlier run left, so a re-run only redoes what is missing):
 
@@ -14,7 +14,8 @@ Stages (each one reuses what an earlier run left, so a re-run only redoes what i
    evaluator's own ``results.json`` in ``evaluation/``; a summary ``results.json`` at the top.
 
 Wall times per stage are recorded in the summary. The functions here orchestrate the public functions of
-the other modules; they hold no algorithm of their own.
+the other modules; they hold no algorithm of their own. The demo's settings are
+:class:`prn_model.demo_options.DemoOptions`.
 """
 
 from __future__ import annotations
@@ -22,61 +23,38 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from .errors import PrnError
+from rich.console import Console
+from rich.progress import Progress
 
-# Harsher than the simulator's defaults in one respect only: at the demo's ~128-px scenes a 28×28 RoI
-# mask is nearly lossless (objects are 20-50 px), unlike COCO objects at 640 px where RoI masks lose the
-# boundary (§1). A 12×12 mask keeps the ratio of mask cells to object pixels close to the paper's setting.
-DEMO_BASE = "simulated:mask=12"
-DEMO_MIN_SIZE = (96, 128)
-DEMO_MAX_SIZE = (128, 160)
-COCO_SPLIT = "val2017"
+from prn_data import SAMPLES_DIR
+from prn_data.build import BuildConfig, BuildResult, build
+from prn_data.datasets.synthetic import SyntheticConfig, is_complete, write_synthetic
+from prn_data.errors import PrnError
+from prn_data.progress import progress
+from prn_data.resize import ResizePolicy
+from prn_data.show import draw_sample
+from prn_data.store import open_store
 
-
-@dataclass
-class DemoOptions:
-    """Sizes of the demo. ``train_images`` / ``val_images``: synthetic scenes per split; ``min_size`` /
-    ``max_size``: scene size bounds ``(h, w)`` in px; ``iters`` / ``batch_size``: override the config's;
-    ``config``: training YAML (default ``workflows/demo.yaml``); ``base``: base-network spec for the
-    synthetic stores; ``coco_limit``: build only the first N COCO sample images; ``workers`` / ``scheduler``:
-    as ``prn build`` (``"threads"`` avoids starting worker processes); ``device``: training and evaluation
-    device (``auto`` = CUDA when present)."""
-
-    # 800 scenes: with 160, PRN fitted its training scenes (+4 PQ over the base there) but gained +0.3 on
-    # held-out ones; 100 val scenes steady the table (workflows/README.md, "What it reaches").
-    train_images: int = 800
-    val_images: int = 100
-    min_size: tuple[int, int] = DEMO_MIN_SIZE
-    max_size: tuple[int, int] = DEMO_MAX_SIZE
-    seed: int = 0
-    iters: int | None = None
-    batch_size: int | None = None
-    config: str | None = None
-    base: str = DEMO_BASE
-    coco_limit: int | None = None
-    workers: int | None = None
-    scheduler: str | None = None
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.train_images < 1 or self.val_images < 1:
-            raise PrnError("the demo needs at least one train and one val image")
-        self.min_size = tuple(int(v) for v in self.min_size)  # type: ignore[assignment]
-        self.max_size = tuple(int(v) for v in self.max_size)  # type: ignore[assignment]
+from .config import TrainConfig, load_config, override
+from .demo_options import COCO_SPLIT, DEMO_BASE, DEMO_MAX_SIZE, DEMO_MIN_SIZE, DemoOptions
+from .evaluate import default_postprocess_config, evaluate_store, format_comparison, summary, validation
+from .checkpoint import latest_checkpoint
+from .train import train
 
 
 def package_root() -> Path:
-    """The folder holding ``prn_data`` (the repository root in an editable install)."""
+    """The folder holding ``prn_model`` (the repository root in an editable install)."""
     return Path(__file__).resolve().parent.parent
 
 
 def coco_sample_root() -> Path:
-    """The real COCO panoptic sample shipped inside the package (official layout, split ``val2017``)."""
-    return Path(__file__).resolve().parent / "samples" / "coco"
+    """The real COCO panoptic sample shipped inside ``prn_data`` (official layout, split ``val2017``)."""
+    return SAMPLES_DIR / "coco"
 
 
 def default_config() -> Path:
@@ -105,7 +83,7 @@ def _paths(out: Path) -> dict[str, Path]:
 class _Reporter:
     """Prints stage headers and artifact locations on the CLI's console, and times each stage."""
 
-    def __init__(self, console: Any | None):
+    def __init__(self, console: Console | None):
         self.console = console
         self.seconds: dict[str, float] = {}
 
@@ -133,20 +111,15 @@ class _Stage:
             self.rep.say(f"[dim]{self.name}: {dt:.1f} s[/dim]")
 
 
-def _progress(console: Any | None):
+def _progress(console: Console | None) -> AbstractContextManager[Progress | None]:
+    """A progress bar on the shared console, or no bar (``None``) when the demo runs silent."""
     if console is None:
-        from contextlib import nullcontext
-
         return nullcontext(None)
-    from .cli.app import progress
-
     return progress()
 
 
-def _write_scenes(root: Path, split: str, num: int, opts: DemoOptions, console: Any | None) -> bool:
+def _write_scenes(root: Path, split: str, num: int, *, opts: DemoOptions, console: Console | None) -> bool:
     """Generate ``num`` scenes of ``split`` unless a complete identical generation is there; True if written."""
-    from .datasets.synthetic import SyntheticConfig, is_complete, write_synthetic
-
     cfg = SyntheticConfig(seed=opts.seed, min_size=opts.min_size, max_size=opts.max_size)
     if is_complete(root, split, num, cfg):
         return False
@@ -157,11 +130,9 @@ def _write_scenes(root: Path, split: str, num: int, opts: DemoOptions, console: 
     return True
 
 
-def _build(dataset: str, split: str, base: str, out: Path, policy, opts: DemoOptions, console: Any | None,
-           limit: int | None = None, overwrite: bool = False):
+def _build(dataset: str, split: str, *, base: str, out: Path, policy: ResizePolicy, opts: DemoOptions,
+           console: Console | None, limit: int | None = None, overwrite: bool = False) -> BuildResult:
     """``prn build`` in-process with a progress bar; failed samples are an error (the demo needs them all)."""
-    from .build import BuildConfig, build
-
     cfg = BuildConfig(dataset=dataset, split=split, base=base, out=str(out), limit=limit, workers=opts.workers,
                       scheduler=opts.scheduler, policy=policy, overwrite=overwrite)
     with _progress(console) as bar:
@@ -179,11 +150,9 @@ def _build(dataset: str, split: str, base: str, out: Path, policy, opts: DemoOpt
     return result
 
 
-def _stale_run(run: Path, cfg: Any, data_changed: bool) -> str | None:
+def stale_run(run: Path, cfg: TrainConfig, data_changed: bool) -> str | None:
     """Why the training run in ``run`` cannot be resumed or kept (its scenes were regenerated, or it was
     configured otherwise, e.g. by an older demo), or None."""
-    from prn_model.config import load_config
-
     saved = run / "config.yaml"
     if not saved.is_file():
         return None
@@ -198,8 +167,7 @@ def _stale_run(run: Path, cfg: Any, data_changed: bool) -> str | None:
 
 
 def _latest_step(run: Path) -> int:
-    from prn_model.train import latest_checkpoint
-
+    """The step of the newest checkpoint in ``run`` (0 when there is none)."""
     ck = latest_checkpoint(run)
     if ck is None:
         return 0
@@ -210,7 +178,7 @@ def _latest_step(run: Path) -> int:
 def run_demo(
     out_dir: str | Path,
     options: DemoOptions | None = None,
-    console: Any | None = None,
+    console: Console | None = None,
     on_stage: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Run the four demo stages under ``out_dir`` and return the summary written to ``out_dir/results.json``:
@@ -220,14 +188,6 @@ def run_demo(
     ``console``: a rich console for stage headers and progress bars (None = silent). ``on_stage(name,
     info)`` is called after each stage.
     """
-    from prn_model.config import load_config, override
-    from prn_model.evaluate import default_postprocess_config, evaluate_store, format_comparison, summary
-    from prn_model.train import train
-
-    from .resize import ResizePolicy
-    from .show import draw_sample
-    from .store import open_store
-
     opts = options or DemoOptions()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -241,19 +201,19 @@ def run_demo(
     with rep.stage("data", f"1/4 synthetic COCO-panoptic scenes and stores (base {opts.base})"):
         wrote = {}
         for split, num in (("train", opts.train_images), ("val", opts.val_images)):
-            wrote[split] = _write_scenes(p["synthetic"], split, num, opts, console)
+            wrote[split] = _write_scenes(p["synthetic"], split, num, opts=opts, console=console)
             rep.say(f"{num} {split} scenes {'written to' if wrote[split] else 'already in'} {p['synthetic']}")
         for split, key in (("train", "train_store"), ("val", "val_store")):
             # New scenes (other sizes or counts than a previous demo in this folder) make the store stale.
-            r = _build(f"coco:{p['synthetic']}", split, opts.base, p[key], ResizePolicy(short=0), opts, console,
-                       overwrite=wrote[split])
+            r = _build(f"coco:{p['synthetic']}", split, base=opts.base, out=p[key], policy=ResizePolicy(short=0),
+                       opts=opts, console=console, overwrite=wrote[split])
             rep.say(f"store {p[key]}: {r.built} built, {r.skipped} already done")
     notify("data", {"train_store": str(p["train_store"]), "val_store": str(p["val_store"])})
 
     # 2. the real COCO sample at the paper's resolution, and one Fig. 4-style drawing of it
     with rep.stage("coco", f"2/4 real COCO sample ({coco_sample_root()}, split {COCO_SPLIT})"):
-        r = _build(f"coco:{coco_sample_root()}", COCO_SPLIT, "simulated", p["coco_store"], ResizePolicy(), opts,
-                   console, limit=opts.coco_limit)
+        r = _build(f"coco:{coco_sample_root()}", COCO_SPLIT, base="simulated", out=p["coco_store"],
+                   policy=ResizePolicy(), opts=opts, console=console, limit=opts.coco_limit)
         rep.say(f"store {p['coco_store']}: {r.built} built, {r.skipped} already done")
         store = open_store(p["coco_store"])
         sample = store.read_sample(0)
@@ -270,7 +230,7 @@ def run_demo(
     cfg = override(cfg, **{"data.store": str(p["train_store"]), "out": str(p["run"]), "device": opts.device,
                            "iters": opts.iters, "data.batch_size": opts.batch_size})
     with rep.stage("train", f"3/4 train PRN ({config_path}, {cfg.iters} iterations, batch {cfg.data.batch_size})"):
-        stale = _stale_run(p["run"], cfg, data_changed=wrote["train"])
+        stale = stale_run(p["run"], cfg, data_changed=wrote["train"])
         if stale:
             shutil.rmtree(p["run"])
             rep.say(f"previous run in {p['run']} removed: {stale}")
@@ -283,7 +243,7 @@ def run_demo(
         if done_steps >= cfg.iters and p["checkpoint"].is_file():
             rep.say(f"already trained to step {done_steps}: {p['checkpoint']}")
         else:
-            result = train(cfg, resume=done_steps > 0, show_progress=console is not None)
+            result = train(cfg, resume=done_steps > 0, validate=validation(cfg), show_progress=console is not None)
             last = result.get("last_metrics") or {}
             if last:
                 rep.say(f"step {result['step']}: loss {last['loss']:.4g}")
@@ -291,8 +251,6 @@ def run_demo(
     weights = p["checkpoint"]
     if not weights.is_file():
         # stopped between the last step's checkpoint and model.pt: that checkpoint holds the same weights
-        from prn_model.train import latest_checkpoint
-
         weights = latest_checkpoint(p["run"]) or weights
     notify("train", {"checkpoint": str(weights)})
 
@@ -306,8 +264,8 @@ def run_demo(
                 if bar is not None:
                     bar.update(task, completed=n, total=total)
 
-            results = evaluate_store(str(p["val_store"]), weights, p["evaluation"], opts.device, 1, None,
-                                     False, pp, None, on_progress=step)
+            results = evaluate_store(str(p["val_store"]), checkpoint=weights, out=p["evaluation"], device=opts.device,
+                                     batch=1, gt=None, base_only=False, cfg=pp, limit=None, on_progress=step)
         table = format_comparison(results)
         rep.say(table)
         rep.say(f"predictions (COCO panoptic) and the evaluator's results.json in {p['evaluation']}")
@@ -333,4 +291,14 @@ def run_demo(
     return report
 
 
-__all__ = ["DEMO_BASE", "DemoOptions", "run_demo", "coco_sample_root", "default_config"]
+__all__ = [
+    "COCO_SPLIT",
+    "DEMO_BASE",
+    "DEMO_MAX_SIZE",
+    "DEMO_MIN_SIZE",
+    "DemoOptions",
+    "run_demo",
+    "stale_run",
+    "coco_sample_root",
+    "default_config",
+]

@@ -1,4 +1,4 @@
-"""``prn demo``: synthetic data → stores → COCO sample → training → base vs PRN evaluation (issue 9)."""
+"""``prn demo``: synthetic data → stores → COCO sample → training → base vs PRN evaluation (:mod:`prn_model.demo`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..demo import DEMO_MAX_SIZE, DEMO_MIN_SIZE, DemoOptions  # light: dataclass and constants only
+from ..demo_options import DEMO_BASE, DEMO_MAX_SIZE, DEMO_MIN_SIZE, DemoOptions  # no torch: defaults only
 from .app import app, console
 
 
@@ -39,7 +39,7 @@ def demo(
 ) -> None:
     """Run the whole toolkit on the CPU: synthetic COCO-panoptic data and stores, the real COCO sample and
     its drawing, PRN training, and the base-vs-PRN table; everything under OUT (re-runs reuse it)."""
-    from ..demo import DEMO_BASE, run_demo
+    from ..demo import run_demo
 
     opts = DemoOptions(train_images=train_images, val_images=val_images, min_size=_size(min_size, "--min-size"),
                        max_size=_size(max_size, "--max-size"), iters=iters, batch_size=batch_size,

@@ -26,15 +26,22 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from prn_data.errors import DatasetError
-from prn_data.panoptic_io import decode_png, rgb2id
+from .errors import DatasetError
+from .panoptic_io import decode_png, rgb2id
+from .records import Category, CategorySet, Segment
 
 FILE_VOID = 0
 MEMORY_VOID = -1
+
+#: A segment as a record or as a COCO ``segments_info`` dict.
+SegmentLike = Union[Segment, Mapping[str, Any]]
+#: Categories as a :class:`CategorySet`, a list of :class:`Category` or COCO category dicts, or
+#: ``{category_id: {"name", "isthing"}}``.
+Categories = Union[CategorySet, Iterable[Union[Category, Mapping[str, Any]]], Mapping[int, Mapping[str, Any]]]
 
 
 @dataclass
@@ -48,7 +55,7 @@ class SegmentTable:
     area: np.ndarray | None = None
 
     @staticmethod
-    def from_segments(segments: Iterable[Any], with_area: bool = False) -> "SegmentTable":
+    def from_segments(segments: Iterable[SegmentLike], with_area: bool = False) -> "SegmentTable":
         """From :class:`prn_data.records.Segment` objects or COCO ``segments_info`` dicts."""
         ids, cats, crowd, area = [], [], [], []
         for s in segments:
@@ -105,7 +112,7 @@ _LUT_SIZE = 1 << 24  # every id a COCO panoptic PNG can hold (R + 256·G + 256²
 _luts = threading.local()
 
 
-def _lut(dtype) -> np.ndarray:
+def _lut(dtype: type[np.unsignedinteger]) -> np.ndarray:
     """This thread's id → index table over all 2²⁴ PNG ids, every entry "unknown" (the dtype's max)
     between uses: a gather replaces a sort of the whole map."""
     key = np.dtype(dtype).str
@@ -149,6 +156,7 @@ def pq_image(
     gt: SegmentTable,
     pred_ids: np.ndarray,
     pred: SegmentTable,
+    *,
     void: int = FILE_VOID,
     categories: Iterable[int] | None = None,
     name: str | None = None,
@@ -216,7 +224,7 @@ def pq_image(
     )
 
 
-def _category_info(categories: Any) -> dict[int, dict]:
+def _category_info(categories: Categories) -> dict[int, dict]:
     """``{category_id: {"name", "isthing"}}`` from a CategorySet, a list of COCO category dicts or a dict."""
     if isinstance(categories, Mapping):
         return {int(k): dict(v) for k, v in categories.items()}
@@ -229,7 +237,7 @@ def _category_info(categories: Any) -> dict[int, dict]:
     return out
 
 
-def pq_average(stat: PQStat, categories: Any) -> dict:
+def pq_average(stat: PQStat, categories: Categories) -> dict:
     """pq_compute's result: ``All``/``Things``/``Stuff`` → ``{"pq", "sq", "rq", "n"}`` (fractions) and
     ``per_class`` → ``{category_id: {"pq", "sq", "rq"}}``. An average over no class is 0."""
     cats = _category_info(categories)
@@ -259,13 +267,15 @@ def pq_average(stat: PQStat, categories: Any) -> dict:
     return results
 
 
-def _workers(workers: int | None) -> int:
+def worker_count(workers: int | None) -> int:
+    """The scoring threads to use: ``workers`` when given (at least 1), else up to 8 by the CPU count."""
     return max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
 
 
 def pq_from_arrays(
-    items: Sequence[tuple[np.ndarray, Sequence[Any], np.ndarray, Sequence[Any]]],
-    categories: Any,
+    items: Sequence[tuple[np.ndarray, Sequence[SegmentLike], np.ndarray, Sequence[SegmentLike]]],
+    categories: Categories,
+    *,
     void: int = MEMORY_VOID,
     workers: int | None = None,
 ) -> dict:
@@ -279,7 +289,7 @@ def pq_from_arrays(
         return pq_image(np.asarray(g), SegmentTable.from_segments(gs), np.asarray(p), SegmentTable.from_segments(ps), void=void)
 
     stat = PQStat()
-    n = _workers(workers)
+    n = worker_count(workers)
     with ThreadPoolExecutor(n) as pool:
         for s in pool.map(one, items) if n > 1 and len(items) > 1 else map(one, items):
             stat.add(s)
@@ -297,7 +307,9 @@ def read_png_ids(path: str | Path) -> np.ndarray:
     return rgb2id(rgb).view(np.uint32)
 
 
-def _load_json(path: str | Path) -> dict:
+def load_panoptic_json(path: str | Path) -> dict:
+    """A COCO panoptic JSON (a dict with ``annotations``); a missing, unreadable or other file raises
+    :class:`DatasetError`."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "JSON file is missing")
@@ -316,14 +328,15 @@ def pq_compute(
     gt_dir: str | Path,
     pred_json: str | Path,
     pred_dir: str | Path,
+    *,
     workers: int | None = None,
-    categories: Any = None,
-    progress: Any = None,
+    categories: Categories | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> dict:
     """panopticapi's ``pq_compute`` on a COCO panoptic pair (JSON + PNG folder each); images are matched by
     ``image_id`` and scored in parallel threads. ``categories`` defaults to the ground-truth JSON's.
     ``progress(n_done)`` is called after each image when given. Returns :func:`pq_average`'s dict."""
-    gt_d, pred_d = _load_json(gt_json), _load_json(pred_json)
+    gt_d, pred_d = load_panoptic_json(gt_json), load_panoptic_json(pred_json)
     if categories is None:
         if "categories" not in gt_d:
             raise DatasetError(gt_json, "no 'categories' in the ground-truth JSON")
@@ -351,7 +364,7 @@ def pq_compute(
         )
 
     stat = PQStat()
-    n = _workers(workers)
+    n = worker_count(workers)
     with ThreadPoolExecutor(n) as pool:
         for i, s in enumerate(pool.map(one, pairs) if n > 1 else map(one, pairs)):
             stat.add(s)
@@ -360,7 +373,7 @@ def pq_compute(
     return pq_average(stat, cats)
 
 
-def format_table(results: dict, categories: Any = None, per_class: bool = False) -> str:
+def format_table(results: dict, categories: Categories | None = None, *, per_class: bool = False) -> str:
     """panopticapi's printout: optional per-class rows, then All / Things / Stuff with PQ, SQ, RQ (in %)
     and N."""
     lines = []
@@ -387,5 +400,11 @@ __all__ = [
     "pq_from_arrays",
     "pq_compute",
     "read_png_ids",
+    "load_panoptic_json",
+    "worker_count",
     "format_table",
+    "FILE_VOID",
+    "MEMORY_VOID",
+    "SegmentLike",
+    "Categories",
 ]

@@ -2,7 +2,8 @@
 
 The README embeds it between ``<!-- cli-reference:start -->`` and ``<!-- cli-reference:end -->``; a test
 regenerates it and compares, so the README cannot drift from the code. Regenerate with
-``python -m prn_data.cli.reference --write README.md``.
+``python -m prn_model.cli.reference --write README.md``. It reads the joined app of :mod:`prn_model.cli`
+(data and model commands), as the ``prn`` console command runs it.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Iterator
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+from .app import app  # importing this package has registered every command on it
 
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
 
 
-def _walk(cmd, path: list[str]):
+def _walk(cmd: TyperCommand | TyperGroup, path: list[str]) -> Iterator[tuple[list[str], TyperCommand]]:
     # Typer may bundle its own click, so test for the group's shape rather than click's classes.
     if hasattr(cmd, "commands"):
         for name in sorted(cmd.commands):
@@ -26,14 +31,14 @@ def _walk(cmd, path: list[str]):
         yield path, cmd
 
 
-def _type_name(p) -> str:
+def _type_name(p: TyperOption | TyperArgument) -> str:
     """The annotated Python type of a parameter, e.g. ``str``, ``int``, ``Optional[int]`` → ``int``."""
     ann = getattr(getattr(p, "type_descriptor", None), "annotation", None)
     name = getattr(ann, "__name__", None) or str(ann or "value")
     return re.sub(r"(typing\.)?Optional\[(.*)\]", r"\2", name).replace("pathlib.", "")
 
 
-def _param_row(p) -> str:
+def _param_row(p: TyperOption | TyperArgument) -> str:
     if p.param_type_name == "argument":
         name = f"`{(p.metavar or p.name).upper()}`"
         kind = "argument" + ("" if p.required else " (optional)")
@@ -52,8 +57,6 @@ def _param_row(p) -> str:
 
 def cli_reference() -> str:
     """The Markdown reference: one section per command with its summary, usage and parameters."""
-    from . import app
-
     root = typer.main.get_command(app)
     out: list[str] = []
     for path, cmd in _walk(root, []):

@@ -1,0 +1,100 @@
+"""Creating a store: an empty prn store of ``n`` samples, every array made as the schema says.
+
+Each map array is chunked one sample per chunk inside shards of ``shard_size`` samples (sharding codec,
+default 256: ≈ 60 files per 1000 samples). A shard is assembled from already-compressed chunks and written
+whole, by one writer, in one store ``set`` (atomic on a local disk: zarr-python's LocalStore writes through
+a temporary file), because zarr-python 3 loses data on concurrent partial-shard writes. The small
+per-sample arrays (size, ids, segments, checksum, done) are unsharded with
+:data:`~prn_data.store.schema.SMALL_CHUNK` samples per chunk and written only by the build's driver
+process after a shard's writer has returned, ``done`` last (README "The store (Zarr v3)" and "Choices
+where the issues were silent").
+
+Every array carries ``dimension_names`` and an ``encoding`` attribute (``raw``, ``scale`` with
+``scale``, ``lut`` with ``lut``, ``json`` or ``str``) so that other readers can decode without this package;
+``xarray.open_zarr(url)`` (root) and ``xarray.open_zarr(url, group="gt")`` open it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import zarr
+from zarr.core.sync import sync
+
+from ..errors import StoreError
+from ..location import local_path, zarr_store
+from ..records import CategorySet
+from .core import Store
+from .schema import DEFAULT_SHARD_SIZE, IMAGE_CODECS, SCHEMA, SMALL_CHUNK, ArrayDef, inner_codecs, schema
+
+
+def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories: CategorySet, attrs: Mapping,
+                 has_base: bool, shard_size: int = DEFAULT_SHARD_SIZE, image_codec: str = "zstd",
+                 small_weight: float = 3.0, overwrite: bool = False) -> Store:
+    """Create an empty store of ``n`` samples (every ``done`` False) and return it open for writing.
+
+    ``attrs`` are extra root attributes (dataset, split, policy, target params, base …). An existing
+    store at ``url`` is an error unless ``overwrite``.
+    """
+    url = str(url)
+    if canvas[0] % 4 or canvas[1] % 4:
+        raise StoreError(f"canvas {canvas} must be a multiple of 4")
+    if image_codec not in IMAGE_CODECS:
+        raise StoreError(f"unknown image codec {image_codec!r}; choose one of {', '.join(IMAGE_CODECS)}")
+    zstore = zarr_store(url, "w")
+    if not overwrite and sync(zstore.exists("zarr.json")):
+        raise StoreError(f"{url}: a store already exists (use --overwrite to replace it)")
+    if overwrite and (local_path(url) is not None) and local_path(url).exists():
+        path = local_path(url)
+        if any(path.iterdir()) and not looks_like_prn_store(path, creating_too=True):
+            raise StoreError(f"{url}: refusing to overwrite a folder that is not a prn store")
+        shutil.rmtree(path)
+        zstore = zarr_store(url, "w")
+    root_attrs = dict(attrs) | {
+        "prn_schema": SCHEMA,
+        "n_samples": int(n),
+        "canvas": [int(canvas[0]), int(canvas[1])],
+        "shard_size": int(shard_size),
+        "image_codec": image_codec,
+        "categories": categories.to_json(),
+        "num_classes": len(categories),
+        "failures": [],
+    }
+    # prn_schema goes in last: a creation cut short leaves a group that is not (yet) a prn store
+    group = zarr.create_group(zstore, zarr_format=3, overwrite=overwrite, attributes={"prn_creating": True})
+    for d in schema(canvas, len(categories), has_base, small_weight=small_weight, image_codec=image_codec):
+        create_array(group, d, n, shard_size)
+    group.attrs.put(root_attrs)
+    return Store(url, group, zstore, "r+")
+
+
+def looks_like_prn_store(path: Path, creating_too: bool = False) -> bool:
+    """True for a local prn store of any schema version (or, with ``creating_too``, one whose creation was
+    cut short)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = (meta.get("attributes") or {}) if isinstance(meta, dict) else {}
+    return "prn_schema" in attrs or (creating_too and attrs.get("prn_creating") is True)
+
+
+def create_array(group: zarr.Group, d: ArrayDef, n: int, shard_size: int) -> zarr.Array:
+    """Array ``d`` of ``n`` samples in ``group``: a sharded map (one sample per chunk, ``shard_size`` per
+    shard, ``d``'s codec) or a small per-sample array (:data:`SMALL_CHUNK` samples per chunk)."""
+    dims = ("sample",) + d.dims
+    if d.dtype == "str":
+        return group.create_array(d.path, shape=(n,), chunks=(SMALL_CHUNK,), dtype=str, fill_value=d.fill,
+                                  dimension_names=dims, attributes=d.attrs())
+    if not d.sharded:
+        return group.create_array(d.path, shape=(n,) + d.shape, chunks=(SMALL_CHUNK,) + d.shape, dtype=d.dtype,
+                                  fill_value=d.fill, dimension_names=dims, attributes=d.attrs(),
+                                  compressors=inner_codecs("zstd3")[1])
+    serializer, compressors = inner_codecs(d.codec)
+    return group.create_array(d.path, shape=(n,) + d.shape, chunks=(1,) + d.shape,
+                              shards=(shard_size,) + d.shape, dtype=d.dtype, fill_value=d.fill,
+                              dimension_names=dims, attributes=d.attrs(), serializer=serializer,
+                              compressors=compressors)
