@@ -1,7 +1,7 @@
 """Benchmark of the training data path: samples/s read from a store vs computed on the fly.
 
     .venv/bin/python benchmarks/loader.py [--batches 10] [--fly-batches 3] [--batch-size 4] [--repeats 5]
-                                          [--workers 0 1 2]
+                                          [--workers 0 1 2] [--integrity-repeats 15]
 
 Data: the two shipped COCO val2017 images (``prn_data/samples/coco``) built into a temporary store with the
 ``simulated`` base network and the default resize policy (README "Conventions") (534×800 and 450×800 samples on a 544×800 canvas,
@@ -27,11 +27,18 @@ shared machine runs, and it is what bounds samples/s per worker. Wall-clock samp
 (``forkserver``, collate in the worker; first batch untimed) follow, with the ratio at equal worker
 counts; on a loaded machine those are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
 (README "Performance").
+
+**Read-integrity cost** (README "Sharing stores"): the same store read with the per-read checks (each
+chunk's CRC32C; a missing chunk is found on the way at no cost) and with the CRC32C check switched off in
+this process only (:func:`unchecked`), CPU ms per sample, runs interleaved (``--integrity-repeats``,
+medians), and the ratio of samples/s. Goal: at most 5 % fewer samples/s. Then the same for the store built
+the old way (no per-chunk CRC32C), whose every read checks the whole sample's checksum instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -141,6 +148,76 @@ def measure(dataset, batch_size: int, workers: int, batches: int) -> tuple[float
     return n / dt, 1000 * cpu / n
 
 
+@contextlib.contextmanager
+def unchecked():
+    """Reads in this process skip the chunks' CRC32C check (the baseline of the read-integrity cost): the
+    payload is taken as it is, as before per-chunk checksums."""
+    from prn_data.store import core
+
+    real, real_sample = core.check_crc32c, core.Store._check_sample
+    core.check_crc32c = lambda blob: np.frombuffer(blob, dtype=np.uint8)[:-4]
+    core.Store._check_sample = lambda self, i, blobs: None  # an old store's per-read sample checksum
+    try:
+        yield
+    finally:
+        core.check_crc32c, core.Store._check_sample = real, real_sample
+
+
+def integrity_cost(url: str, aug, batch_size: int, batches: int, repeats: int) -> None:
+    """Print CPU ms per sample with and without the per-read checks (interleaved runs, medians), and the
+    time of the checks alone on one sample's chunks."""
+    from prn_data.store import open_store
+    from prn_data.store.shards import check_crc32c
+    from prn_model.data import STORE_KEYS, StoreDataset
+
+    st = open_store(url)
+    paths = [p for p in STORE_KEYS if p != "size"]
+    blobs = st._fetch(0, paths)
+    if st.crc32c:
+        t = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            for b in blobs.values():
+                check_crc32c(b)
+            t.append(time.perf_counter() - t0)
+        print(f"  CRC32C of the {len(paths)} chunks a training read takes ({sum(map(len, blobs.values())) / 1e6:.2f} "
+              f"MB): {1000 * min(t):.3f} ms per sample (min of 200)")
+    else:
+        t = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            st._check_sample(0, blobs)
+            t.append(time.perf_counter() - t0)
+        print(f"  sample checksum (all {len(st.map_paths)} chunks and the small values): {1000 * min(t):.3f} ms "
+              f"per sample (min of 50)")
+
+    for decode in ("loader", "device"):
+        ds = StoreDataset(url, aug, decode=decode)
+        on, off = [], []
+        for _ in range(repeats):
+            on.append(cpu_per_sample(ds, batch_size, batches, 1)[0])
+            with unchecked():
+                off.append(cpu_per_sample(ds, batch_size, batches, 1)[0])
+        m_on, m_off = float(np.median(on)), float(np.median(off))
+        print(f"  decode: {decode:<7} checked {m_on:6.2f} ms, unchecked {m_off:6.2f} ms per sample → "
+              f"samples/s checked / unchecked {m_off / m_on:.3f}")
+
+
+def build_old(url: str) -> None:
+    """The COCO sample built as stores were before per-chunk checksums (no crc32c codec)."""
+    import prn_data.build as pb
+    from prn_data.build import BuildConfig, build
+
+    real = pb.create_store
+    pb.create_store = lambda *a, **k: real(*a, **k, crc32c=False)
+    try:
+        res = build(BuildConfig(dataset=f"coco:{COCO}", split="val2017", base="simulated", out=url,
+                                scheduler="threads", workers=1))
+    finally:
+        pb.create_store = real
+    assert res.ok, res.failures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=10)
@@ -149,6 +226,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="CPU-time repeats (median reported)")
     ap.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--store", help="an existing store to read instead of building the COCO sample")
+    ap.add_argument("--integrity-repeats", type=int, default=15, help="interleaved runs of the read-check cost")
+    ap.add_argument("--integrity-only", action="store_true", help="only the read-integrity cost")
     args = ap.parse_args()
 
     import torch
@@ -168,6 +247,17 @@ def main() -> None:
             res = build(BuildConfig(dataset=f"coco:{COCO}", split="val2017", base="simulated", out=url,
                                     scheduler="threads", workers=1))
             assert res.ok, res.failures
+        if args.integrity_only or args.integrity_repeats:
+            print(f"\nread-integrity cost, CPU ms per sample, 0 workers, 1 thread (median of "
+                  f"{args.integrity_repeats} interleaved runs of {args.batches} batches of {args.batch_size}):")
+            integrity_cost(url, aug, args.batch_size, args.batches, args.integrity_repeats)
+            if args.store is None:
+                old = str(Path(tmp) / "coco-old.zarr")
+                build_old(old)
+                print("the same store built without per-chunk CRC32C (every read checks the sample checksum):")
+                integrity_cost(old, aug, args.batch_size, args.batches, args.integrity_repeats)
+            if args.integrity_only:
+                return
         base = export_base(Path(tmp))
         store_ds = StoreDataset(url, aug)
         coded_ds = StoreDataset(url, aug, decode="device")

@@ -22,6 +22,7 @@ stopped. Metadata is consolidated once, at the end. Dask threads × zarr threads
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -41,7 +42,7 @@ from .base import BaseNetwork, open_base
 from .base.encode import encode_base
 from .datasets import Dataset, open_dataset, open_described
 from .errors import DatasetError, PrnError, StoreError
-from .location import local_path
+from .location import is_zip_url, local_path, require_writable
 from .lock import build_lock
 from .resize import ResizePolicy, resize_sample
 from .store import DEFAULT_SHARD_SIZE, Store, create_store, encode_sample, looks_like_prn_store, open_store
@@ -53,6 +54,9 @@ except ImportError:  # pragma: no cover - a numcodecs built without Blosc
     blosc = None
 
 CANVAS_MULTIPLE = 32
+#: Where a local cluster's HTTP servers listen: loopback, a free port (README "A tour": the build prints
+#: the dashboard's link when Bokeh is installed).
+DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 
 @dataclass
@@ -104,10 +108,15 @@ def default_out(dataset_name: str, split: str, base: str) -> str:
 
 
 def plan_canvas(dataset: Dataset, n: int, policy: ResizePolicy) -> tuple[int, int]:
-    """Largest resized ``(h, w)`` over the first ``n`` samples, each rounded up to a multiple of 32."""
+    """Largest resized ``(h, w)`` over the first ``n`` samples, each rounded up to a multiple of 32. A sample
+    whose size cannot be read (a missing file, a malformed ``images[]`` entry) is left out here: its own
+    task fails with that error, as bad input stops the sample, not the build (README "Datasets")."""
     H = W = 1
     for i in range(n):
-        h, w = policy.output_size(*dataset.orig_size(i))
+        try:
+            h, w = policy.output_size(*dataset.orig_size(i))
+        except DatasetError:
+            continue
         H, W = max(H, h), max(W, w)
     up = lambda v: -(-v // CANVAS_MULTIPLE) * CANVAS_MULTIPLE  # noqa: E731
     return up(H), up(W)
@@ -288,13 +297,18 @@ def _client(scheduler: str | None, workers: int) -> tuple[Client, LocalCluster |
     faster than worker processes on a 2-core machine: no re-imports, no transfers to the shard writer);
     ``"processes"`` for a local cluster of ``workers`` single-threaded processes (a GIL-bound base network);
     or the address of a running scheduler (its workers must see the store's path or URL)."""
+    # Every listener of a local cluster is on loopback (DASHBOARD_ADDRESS): its HTTP servers (dashboard,
+    # /health, /metrics) would otherwise listen on all interfaces, and each worker starts one whatever
+    # its dashboard setting.
     if scheduler in (None, "", "local", "threads"):
-        cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=":0",
+        cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False,
+                               dashboard_address=DASHBOARD_ADDRESS, worker_dashboard_address=DASHBOARD_ADDRESS,
                                silence_logs=40)
         return Client(cluster), cluster
     if scheduler == "processes":
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=":0", silence_logs=40)
+                               dashboard_address=DASHBOARD_ADDRESS, worker_dashboard_address=DASHBOARD_ADDRESS,
+                               silence_logs=40)
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout=30), None
@@ -302,31 +316,48 @@ def _client(scheduler: str | None, workers: int) -> tuple[Client, LocalCluster |
         raise PrnError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
 
 
-def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None = None) -> BuildResult:
+def dashboard_link(cluster: LocalCluster | None) -> str | None:
+    """The URL of a local cluster's Dask dashboard (on loopback) when it serves one, else None: the
+    dashboard's pages need Bokeh, without which the scheduler serves only /health and /metrics."""
+    if cluster is None or not _bokeh_installed():
+        return None
+    # cluster.dashboard_link names the host of the scheduler's address, which an in-process (inproc://)
+    # cluster takes from the machine's network interface, not where the server listens
+    return f"http://127.0.0.1:{cluster.scheduler.http_server.port}/status"
+
+
+def _bokeh_installed() -> bool:
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None = None, *,
+          on_dashboard: Callable[[str], None] | None = None) -> BuildResult:
     """Build (or resume) the store described by ``cfg``.
 
     ``on_progress(done, total, advance)`` is called as samples finish (``total`` = samples to make in this
-    run). Returns a :class:`BuildResult`; failed samples are listed, never raised, and recorded in the
+    run); ``on_dashboard(url)`` once the local cluster's dashboard is open (:func:`dashboard_link`). Returns a :class:`BuildResult`; failed samples are listed, never raised, and recorded in the
     store's ``failures`` attribute. A local store is locked for the build (:mod:`prn_data.lock`): a second
     build of it raises :class:`StoreError` instead of writing the same shards.
     """
     t0 = time.perf_counter()
+    if cfg.out:
+        _check_out(cfg.out)  # before the dataset is read (or generated)
     params = cfg.params or TargetParams()
     dataset = open_dataset(cfg.dataset, cfg.split)
     open_base(cfg.base, dataset.categories)  # bad base specs fail before any work
     n = len(dataset) if cfg.limit is None else min(len(dataset), max(0, int(cfg.limit)))
     if n == 0:
         raise PrnError(f"dataset {cfg.dataset} split {cfg.split} has no samples to build")
-    out = cfg.out or default_out(dataset.name, cfg.split, cfg.base)
+    out = _check_out(cfg.out or default_out(dataset.name, cfg.split, cfg.base))
     canvas = plan_canvas(dataset, n, cfg.policy)
     with build_lock(out):
         return _build_locked(cfg, dataset=dataset, n=n, out=out, canvas=canvas, params=params,
-                             on_progress=on_progress, t0=t0)
+                             on_progress=on_progress, on_dashboard=on_dashboard, t0=t0)
 
 
 def _build_locked(cfg: BuildConfig, *, dataset: Dataset, n: int, out: str, canvas: tuple[int, int],
                   params: TargetParams, on_progress: Callable[[int, int, int], None] | None,
-                  t0: float) -> BuildResult:
+                  t0: float, on_dashboard: Callable[[str], None] | None = None) -> BuildResult:
     existing, overwrite = None, cfg.overwrite
     if not overwrite:
         try:
@@ -362,7 +393,8 @@ def _build_locked(cfg: BuildConfig, *, dataset: Dataset, n: int, out: str, canva
     if on_progress:
         on_progress(0, total, 0)
     if jobs:
-        built, failures = _run_jobs(store, jobs, cfg, total=total, on_progress=on_progress)
+        built, failures = _run_jobs(store, jobs, cfg, total=total, on_progress=on_progress,
+                                    on_dashboard=on_dashboard)
     # samples that failed in an earlier run and are still not done stay listed
     done = store.done
     prior = [f for f in store.failures if not done[f["index"]] and f["index"] not in {g["index"] for g in failures}]
@@ -371,6 +403,25 @@ def _build_locked(cfg: BuildConfig, *, dataset: Dataset, n: int, out: str, canva
     store.consolidate()
     return BuildResult(store=out, n_samples=n, built=built, skipped=skipped, failures=failures,
                        seconds=time.perf_counter() - t0)
+
+
+def _check_out(url: str) -> str:
+    """The store URL to build at, or a :class:`StoreError` for an ``--out`` that cannot hold one: a ``.zip``
+    (stores are built as folders; ``prn pack`` makes the zip), an existing file, a link to nothing. A local
+    link to a folder is built through: the store's path is the folder it points to."""
+    require_writable(url)  # http(s)://: read-only
+    if is_zip_url(url):
+        stem = url.rstrip("/")[: -len(".zip")] if url.rstrip("/").lower().endswith(".zip") else "STORE"
+        raise StoreError(f"{url}: a store is built as a folder, not a zip; build to {stem}.zarr, then "
+                         f"`prn pack {stem}.zarr {url}` to share it as one file")
+    path = local_path(url)
+    if path is None:
+        return url
+    if path.is_symlink() and not path.exists():
+        raise StoreError(f"{url}: a link to {os.readlink(path)}, which does not exist; give a store folder")
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{url}: is a file, not a store folder; give a folder to build into")
+    return str(path.resolve()) if path.is_symlink() else url
 
 
 def _half_created(url: str) -> bool:
@@ -383,13 +434,16 @@ def _store_exists(url: str) -> bool:
 
 
 def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, *, total: int,
-              on_progress: Callable[[int, int, int], None] | None) -> tuple[int, list]:
+              on_progress: Callable[[int, int, int], None] | None,
+              on_dashboard: Callable[[str], None] | None = None) -> tuple[int, list]:
     """Per shard: one task per pending sample and one writer task depending on them (higher priority, so
     a shard is written as soon as its samples are ready). Only a window of shards is in flight, which
     bounds the compressed samples held in worker memory; the driver writes ``done`` after each writer."""
     workers = cfg.workers or os.cpu_count() or 1
     torch_threads = torch.get_num_threads()  # in-process workers set it to 1; give it back afterwards
     client, cluster = _client(cfg.scheduler, workers)
+    if on_dashboard and (link := dashboard_link(cluster)):
+        on_dashboard(link)
     built, failures, finished = 0, [], 0
     try:
         token = f"{os.getpid()}-{time.time_ns()}"

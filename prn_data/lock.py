@@ -5,7 +5,9 @@ silently lost data (zarr-python #3514). The build therefore holds an advisory ``
 beside a local store that names the holder. The kernel drops the lock when the holder's process ends, however
 it ends, so a build killed by ``SIGKILL`` or an OOM never leaves a stale lock behind: the next build takes it.
 Remote stores (``s3://``, ``http://``), systems without ``fcntl`` and file systems that refuse ``flock`` (a
-warning says so) are not locked.
+warning says so) are not locked. A ``<store>.lock`` that is not a prn lock (someone's own file) is refused, never
+overwritten; a lock that cannot be created or written (a read-only folder, a full disk) is a
+:class:`~prn_data.errors.StoreError` naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +40,18 @@ def lock_path(url: str) -> Path | None:
     return path.with_name(path.name + ".lock")
 
 
+def _ours(fd: int) -> bool:
+    """Whether the open file ``fd`` is empty or a lock a prn build wrote (its holder's JSON), not a file
+    of the user's that happens to be named ``<store>.lock``."""
+    data = os.pread(fd, 4096, 0)
+    if not data:
+        return True
+    try:
+        return {"pid", "host"} <= set(json.loads(data))
+    except (ValueError, TypeError):
+        return False
+
+
 def _holder(lock: Path) -> str:
     try:
         h = json.loads(lock.read_text())
@@ -55,9 +69,12 @@ def build_lock(url: str) -> Iterator[Path | None]:
     if lock is None or fcntl is None:
         yield None
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only folder, a file where the folder should be
+            raise StoreError(f"{url}: cannot create the build lock {lock} ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,10 +97,20 @@ def build_lock(url: str) -> Iterator[Path | None]:
         if same:
             break
         os.close(fd)
+    if not _ours(fd):
+        os.close(fd)
+        raise StoreError(f"{url}: {lock} exists and is not a prn build lock; refusing to overwrite it "
+                         "(move it away, or build to another --out)")
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join(sys.argv)[:300]}
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(info).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+    except OSError as exc:  # a full disk: the build could not write a shard either
+        with suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+        raise StoreError(f"{url}: cannot write the build lock {lock} ({exc.strerror or exc})") from None
     try:
         yield lock
     finally:

@@ -18,6 +18,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from .errors import PrnError
 from .records import IGNORE_LABEL, VOID, CategorySet
 
 GRID_ROWS = 5
@@ -219,7 +220,16 @@ def draw_sample(
     dpi: int = DEFAULT_DPI,
 ) -> Path:
     """Draw ``sample`` (keys as ``Store.read_sample`` returns them; ``base/*`` optional) into the PNG
-    ``out``, a 5×4 grid of panels of :data:`PANEL_INCHES` inches (see :func:`figure_size_px`)."""
+    ``out``, a 5×4 grid of panels of :data:`PANEL_INCHES` inches (see :func:`figure_size_px`). Missing
+    parent folders are made; an ``out`` that is a folder, or that cannot be written, raises
+    :class:`~prn_data.errors.PrnError` naming it."""
+    out = Path(out)
+    if out.is_dir():
+        raise PrnError(f"{out}: is a folder; give the PNG's file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrnError(f"{out}: cannot make its folder ({exc.strerror or exc})") from None
     panels = _panels(sample, categories)
     fig = Figure(figsize=(GRID_COLS * PANEL_INCHES, GRID_ROWS * PANEL_INCHES), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -249,8 +259,10 @@ def draw_sample(
             ax.text(0.5, 0.5, content[1], ha="center", va="center", fontsize=8, color="0.4")
         else:
             ax.imshow(content, interpolation="nearest")
-    out = Path(out)
-    fig.savefig(out, dpi=dpi, format="png")
+    try:
+        fig.savefig(out, dpi=dpi, format="png")
+    except OSError as exc:
+        raise PrnError(f"{out}: cannot write ({exc.strerror or exc})") from None
     return out
 
 

@@ -10,7 +10,8 @@ Three levels:
    A flipped byte inside one sample's chunk fails exactly that sample; a damaged shard index fails the
    samples of that shard.
 3. **``--deep N``**: N random done samples are recomputed from the source dataset recorded in the store
-   (:func:`prn_data.datasets.open_described`, the stored resize policy, then
+   (:func:`prn_data.datasets.open_recorded`, which only reads where the store points: a synthetic dataset
+   missing there is generated again under ``cache/regenerated/``; the stored resize policy, then
    :func:`prn_data.targets.compute_targets`, README "Conventions" / paper §3.2) and compared with the stored ground
    truth: integer maps exactly, offsets within 1/16 px, heatmaps within 1e-3, the image exactly (within 8
    levels on average for a lossy JPEG / JPEG XL image).
@@ -27,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import Dataset, open_described
+from .datasets import Dataset, open_recorded
 from .errors import PrnError
 from .resize import ResizePolicy, resize_sample
 from .store import Store, open_store
@@ -199,7 +200,7 @@ def verify_store(
         return report  # samples cannot be checked against a broken layout; attribute problems alone can
     n = len(store)
     done = store.done
-    sums = np.asarray(store.array("checksum")[:], dtype=np.uint64)
+    sums = np.asarray(store.values("checksum"), dtype=np.uint64)
     total = n + min(deep, int(done.sum()))
 
     def one(i: int) -> str | None:
@@ -234,10 +235,10 @@ def _deep(
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(candidates, size=min(deep, len(candidates)), replace=False).tolist()) if candidates else []
     try:
-        dataset = open_described(store.attrs["dataset"])
+        dataset = open_recorded(store.attrs["dataset"], max_samples=len(store))
         policy = ResizePolicy.from_json(store.attrs["resize_policy"])
         params = TargetParams.from_json(store.attrs["target_params"])
-    except (PrnError, KeyError, TypeError, ValueError) as exc:
+    except (PrnError, KeyError, TypeError, ValueError, OSError) as exc:  # OSError: cache/ not writable
         report.problems.append(f"--deep: cannot reopen the source dataset ({exc})")
         return []
     if len(dataset) < len(store):

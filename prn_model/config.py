@@ -1,22 +1,37 @@
 """Training configuration: dataclasses loaded from YAML, every field overridable (the CLI's options).
 
 A YAML file mirrors :class:`TrainConfig` (sections ``model``, ``loss``, ``optim``, ``data``, ``augment``
-and top-level run fields). Unknown keys are errors naming the file and the key, so a typo never silently
-falls back to a default. ``model`` is passed through to ``prn_model.network.PRNConfig`` (``num_classes``
+and top-level run fields). ``model`` is passed through to ``prn_model.network.PRNConfig`` (``num_classes``
 is filled in from the store) and ``loss`` to ``prn_model.loss.LossWeights``.
+
+Every value is checked against its field's type by :func:`validate_config` (README "Training"), strictly:
+no string is read as a number or a boolean (``channels_last: "no"`` is an error, not true), no float as an
+integer, and floats must be finite. Unknown keys are errors too, so a typo never silently falls back to a
+default. Each problem is one line naming the file and the key: ``file: key: expected <type>, got <value>``.
+The check is generic over the dataclasses' fields and type hints, so a new field is checked as it is typed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import difflib
+import functools
+import json
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
 from prn_data.errors import PrnError
 
 from .augment import AugmentConfig, GridMaskConfig
+from .devices import DEVICE_SPEC
+from .loss import LossWeights
+from .network import PRNConfig
 
 
 class ConfigError(PrnError):
@@ -56,6 +71,9 @@ class DataConfig:
     # "loader": workers decode the stored codes to float32 maps; "device": workers ship the stored integer
     # codes (about half the bytes) and the trainer decodes them on the device; "auto": device on CUDA.
     decode: str = "auto"
+    # a damaged sample stops training (README "Sharing stores"); true: replace it by the next readable one
+    # and log it (console and skipped.jsonl in the run folder)
+    skip_bad: bool = False
 
 
 @dataclass
@@ -94,41 +112,184 @@ def _plain(x: Any) -> Any:
     return x
 
 
-_NESTED = {
-    (TrainConfig, "optim"): OptimConfig,
-    (TrainConfig, "data"): DataConfig,
-    (TrainConfig, "augment"): AugmentConfig,
-    (AugmentConfig, "gridmask"): GridMaskConfig,
+# Mappings kept as dicts in TrainConfig but checked against the dataclass they become: ``model`` (every
+# PRNConfig field but num_classes, which comes from the store) and ``loss`` (LossWeights).
+_PASSED_THROUGH: dict[tuple[type, str], tuple[type, frozenset[str]]] = {
+    (TrainConfig, "model"): (PRNConfig, frozenset({"num_classes"})),
+    (TrainConfig, "loss"): (LossWeights, frozenset()),
 }
-_TUPLE_FIELDS = {(OptimConfig, "betas"), (AugmentConfig, "crop")}
+
+_LEAF_CONFIG = pydantic.ConfigDict(strict=True, allow_inf_nan=False)
 
 
-def _build(cls, d: dict | None, where: str, source: str):
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}")
-    kwargs = {}
-    for name, value in d.items():
-        sub = _NESTED.get((cls, name))
-        if sub is not None and value is not None:
-            value = _build(sub, value, f"{where}.{name}" if where else name, source)
-        elif (cls, name) in _TUPLE_FIELDS and value is not None:
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def config_from_dict(d: dict, source: str = "<config>") -> TrainConfig:
-    """A :class:`TrainConfig` from a nested dict (YAML's or a checkpoint's); unknown keys raise."""
-    cfg = _build(TrainConfig, d, "", source)
-    _validate(cfg, source)
+def validate_config(d: Any, source: str = "<config>") -> TrainConfig:
+    """A :class:`TrainConfig` from a nested dict (YAML's, a checkpoint's, overrides'), every value checked
+    against its field's type (module docstring), then the value ranges. Raises :class:`ConfigError`, one line
+    per wrong key: ``source: key: expected <type>, got <value>``."""
+    problems: list[str] = []
+    cfg = _typed(TrainConfig, {} if d is None else d, "", problems)
+    if not problems:
+        problems = _check_values(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return cfg
+
+
+config_from_dict = validate_config  # the name the trainer, checkpoints and tests use
+
+
+def _typed(cls: type, d: Any, where: str, problems: list[str]) -> Any:
+    """``cls(**d)`` with every value of ``d`` checked (and nested dataclasses built) against ``cls``'s type
+    hints; each problem appended to ``problems`` (then None is returned)."""
+    if not isinstance(d, dict):
+        problems.append(f"{where or 'top level'}: expected a mapping, got {_show(d)}")
+        return None
+    hints = _hints(cls)
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in d if k not in hints]
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)}"
+                        + _did_you_mean(unknown, _known_keys(cls), prefix))
+    kwargs = {}
+    n_problems = len(problems)
+    for name, value in d.items():
+        if name not in hints:
+            continue
+        key, hint = prefix + name, hints[name]
+        passed = _PASSED_THROUGH.get((cls, name))
+        sub = _dataclass_of(hint)
+        if passed is not None:
+            target, skip = passed
+            kwargs[name] = _mapping(target, skip, value, key, problems)
+        elif sub is not None and not (value is None and _allows_none(hint)):
+            kwargs[name] = _typed(sub, value, key, problems)
+        else:
+            kwargs[name] = _leaf(hint, value, key, problems)
+    return cls(**kwargs) if len(problems) == n_problems and not unknown else None
+
+
+def _mapping(target: type, skip: frozenset[str], d: Any, where: str, problems: list[str]) -> dict | None:
+    """A pass-through mapping (``model``, ``loss``) checked against ``target``'s fields (less ``skip``, which
+    are allowed but not checked); kept a plain dict of the checked values."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        problems.append(f"{where}: expected a mapping, got {_show(d)}")
+        return None
+    hints = _hints(target)
+    unknown = [k for k in d if k not in hints]
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}"
+                        + _did_you_mean(unknown, list(hints), f"{where}."))
+    out = {}
+    for name, value in d.items():
+        if name in hints:
+            out[name] = value if name in skip else _plain(_leaf(hints[name], value, f"{where}.{name}", problems))
+    return out
+
+
+def _leaf(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
+    """``value`` checked against the type ``hint`` (strict, finite floats; a list where a tuple is typed, as
+    YAML has no tuples); the problem is appended to ``problems``."""
+    try:
+        text = json.dumps(value, allow_nan=True)
+        return _adapter(hint).validate_json(text, strict=True)
+    except (TypeError, ValueError):  # pydantic.ValidationError is a ValueError; json.dumps raises TypeError
+        problems.append(f"{key}: expected {_describe(hint)}, got {_show(value)}")
+        return None
+
+
+@functools.cache
+def _adapter(hint: Any) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(hint, config=_LEAF_CONFIG)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Type hints of ``cls``'s init fields (resolved from their ``from __future__`` strings)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if f.init}
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass ``hint`` names, alone or with None (``GridMaskConfig | None``); else None."""
+    if is_dataclass(hint):
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else []
+    return args[0] if len(args) == 1 and is_dataclass(args[0]) else None
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is type(None) or (_is_union(hint) and type(None) in typing.get_args(hint))
+
+
+_NAMES = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"), bool:
+          ("true or false", "booleans"), str: ("a string", "strings"), type(None): ("null", "nulls")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: ``int`` → "an integer", ``tuple[float, float] | None`` → "a list of 2 finite
+    numbers or null"."""
+    if hint in _NAMES:
+        return _NAMES[hint][plural]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if _is_union(hint):
+        return " or ".join(_describe(a, plural) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_describe(args[0], True)}"
+    if origin is tuple and args and len(set(args)) == 1:
+        return f"a list of {len(args)} {_describe(args[0], True)}"
+    if origin is tuple:
+        return "a list [" + ", ".join(_describe(a) for a in args) + "]"
+    if origin is list:
+        return f"a list of {_describe(args[0], True)}" if args else "a list"
+    if hint is dict or origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _show(value: Any) -> str:
+    """A value as the error shows it (short)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _known_keys(cls: type) -> list[str]:
+    """``cls``'s keys and, dotted, those of its sections (``optim.lr``), for suggestions."""
+    keys = []
+    for name, hint in _hints(cls).items():
+        keys.append(name)
+        sub = _PASSED_THROUGH.get((cls, name), (_dataclass_of(hint),))[0]
+        keys += [f"{name}.{k}" for k in (_hints(sub) if sub is not None else ())]
+    return keys
+
+
+def _did_you_mean(unknown: list, known: list[str], prefix: str) -> str:
+    """`` (did you mean optim.lr?)`` for the known keys closest to the unknown ones (a key of a section
+    given at the top level, or a typo), else ""."""
+    close = []
+    for k in map(str, unknown):
+        nested = [c for c in known if c.rsplit(".", 1)[-1] == k]
+        close += nested[:1] or difflib.get_close_matches(k, known, n=1)
+    return f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, but ``1e-3`` and ``1.0e3`` are numbers, as in YAML 1.2 and JSON
+    (PyYAML alone reads them as strings, which the strict check would then refuse)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -139,10 +300,10 @@ def load_config(path: str | Path) -> TrainConfig:
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read ({exc.strerror or exc})") from None
     try:
-        d = yaml.safe_load(text) or {}
+        d = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-    return config_from_dict(d, str(p))
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    return validate_config(d, str(p))
 
 
 def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
@@ -157,7 +318,7 @@ def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return config_from_dict(d, "<overrides>")
+    return validate_config(d, "<overrides>")
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
@@ -165,7 +326,8 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _validate(cfg: TrainConfig, source: str) -> None:
+def _check_values(cfg: TrainConfig) -> list[str]:
+    """The value ranges of a well-typed config, one problem per entry."""
     problems = []
     if cfg.iters < 0:
         problems.append("iters must be ≥ 0")
@@ -187,8 +349,14 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         problems.append("log_every and checkpoint_every must be ≥ 1")
     if cfg.augment.crop is not None and (len(cfg.augment.crop) != 2 or any(int(c) % 32 for c in cfg.augment.crop)):
         problems.append(f"augment.crop must be (h, w), multiples of 32, not {cfg.augment.crop}")
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+    if not DEVICE_SPEC.fullmatch(cfg.device):
+        problems.append(f"device must be auto, cpu, cuda or cuda:N, not {cfg.device!r}")
+    if cfg.data.mp_context not in (None, "fork", "spawn", "forkserver"):
+        problems.append(f"data.mp_context must be forkserver, spawn, fork or null, not {cfg.data.mp_context!r}")
+    if cfg.data.prefetch_factor < 1:
+        problems.append("data.prefetch_factor must be ≥ 1")
+    problems += [f"loss.{k} must be ≥ 0, not {v}" for k, v in cfg.loss.items() if v < 0]
+    return problems
 
 
 __all__ = [
@@ -202,4 +370,5 @@ __all__ = [
     "load_config",
     "override",
     "save_config",
+    "validate_config",
 ]

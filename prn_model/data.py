@@ -22,6 +22,12 @@ still gives one sample's fields as NumPy (floats unless ``decode="device"``).
 Sampling keys (:class:`~prn_model.sampler.TrainSampler`): ``key = epoch · n + i`` (``i`` indexes the
 ``done`` samples), and the augmentation generator is seeded with ``(seed, epoch, i)``; so what a sample
 looks like never depends on which worker or rank reads it, and a resumed run replays exactly.
+
+A damaged sample (:class:`~prn_data.store.DamagedSample`: a chunk that fails its CRC32C, a missing chunk,
+README "Sharing stores") stops the loader with that error, raised in the main process as itself even when
+a worker read it. With ``skip_bad`` the next readable sample of the same epoch takes its place in the batch
+(deterministically, so a resumed run still replays) and the batch lists it under ``"_skipped"``
+(:meth:`~prn_data.store.DamagedSample.to_json` plus ``replaced_by``) for the trainer to log.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from prn_data.errors import StoreError
-from prn_data.store import Store, open_store
+from prn_data.store import DamagedSample, Store, open_store
 
 from .augment import AugmentConfig, augment, gridmask, hflip
 from .batch import CODED, WEIGHT_KEYS, collate, decode_sample, store_decode_spec
+from .devices import ExitWithProcess
 
 # Store array paths read for training (README "The store (Zarr v3)"); everything else is left on disk.
 STORE_KEYS = (
@@ -137,7 +144,7 @@ class StoreDataset(Dataset):
     """
 
     def __init__(self, source: str | StoreOpener, augment_cfg: AugmentConfig | None = None, *, seed: int = 0,
-                 decode: str = "loader"):
+                 decode: str = "loader", skip_bad: bool = False):
         if decode not in ("loader", "device"):
             raise ValueError(f"decode must be 'loader' or 'device', not {decode!r}")
         self.opener: StoreOpener = default_opener(source) if isinstance(source, str) else source
@@ -145,6 +152,7 @@ class StoreDataset(Dataset):
         self.augment_cfg = augment_cfg
         self.seed = int(seed)
         self.decode = decode
+        self.skip_bad = bool(skip_bad)
         store = self.opener()
         try:
             #: Batch key → the store's definition of its array: how collate and decode_batch decode codes.
@@ -188,7 +196,7 @@ class StoreDataset(Dataset):
         row = int(self.indices[i])
         store = self.store()
         raw = store.read_codes(row, [p for p in STORE_KEYS if p != "size"])
-        raw["size"] = store.sizes[row]
+        raw["size"] = store.read_value("size", row)
         s = sample_from_store(raw, row, codes=True)
         if codes is None:
             codes = self.decode == "device"
@@ -217,13 +225,45 @@ class StoreDataset(Dataset):
             sample = gridmask(sample, cfg.gridmask, rng)
         return sample
 
+    def _coded_or_next(self, key: int, skipped: list[dict]) -> dict:
+        """:meth:`_coded` of ``key``; with ``skip_bad``, a damaged sample is recorded in ``skipped`` and the
+        next readable one of the same epoch (``i + 1, i + 2, …`` modulo the samples) is read instead."""
+        try:
+            return self._coded(key)
+        except DamagedSample as exc:
+            if not self.skip_bad:
+                raise
+            first = exc
+        epoch, i = divmod(int(key), len(self.indices))
+        bad = [first]
+        for step in range(1, len(self.indices)):
+            j = (i + step) % len(self.indices)
+            try:
+                sample = self._coded(epoch * len(self.indices) + j)
+            except DamagedSample as exc:
+                bad.append(exc)
+                continue
+            skipped += [e.to_json() | {"replaced_by": int(self.indices[j])} for e in bad]
+            return sample
+        raise StoreError(f"{self.source}: no readable sample left to use instead of damaged ones ({first})")
+
     def __getitem__(self, key):
         """``ds[k]``: one sample's fields (NumPy); ``ds[[k0, k1, …]]``: the collated Batch of those keys
-        (what :func:`make_loader`'s workers call), decoded straight into the batch tensors."""
+        (what :func:`make_loader`'s workers call), decoded straight into the batch tensors, with
+        ``"_skipped"`` when damaged samples were replaced (module docstring)."""
+        skipped: list[dict] = []
         if isinstance(key, (list, tuple, np.ndarray)):
-            samples = [self._coded(k) for k in key]
-            return collate(samples, None if self.decode == "device" else self._spec)
-        sample = self._coded(key)
+            try:
+                samples = [self._coded_or_next(k, skipped) for k in key]
+            except DamagedSample as exc:
+                if torch.utils.data.get_worker_info() is None:
+                    raise
+                return {"_error": exc}  # torch would re-raise it in the trainer as a traceback text
+            batch = collate(samples, None if self.decode == "device" else self._spec)
+            if skipped:
+                batch["_skipped"] = skipped
+            return batch
+        sample = self._coded_or_next(key, skipped)
         return sample if self.decode == "device" else decode_sample(sample, self._spec)
 
 
@@ -238,6 +278,18 @@ def _batched(batch: dict) -> dict:
     return batch
 
 
+class _StoreLoader(DataLoader):
+    """A DataLoader of :class:`StoreDataset` batches that raises a worker's :class:`DamagedSample` in the
+    main process as itself (the batch carries it as ``"_error"``), so it stays a one-line error."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            error = batch.get("_error") if isinstance(batch, dict) else None
+            if error is not None:
+                raise error
+            yield batch
+
+
 def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None = None, *,
                 num_workers: int = 0, mp_context: str | None = "forkserver", pin_memory: bool = False,
                 prefetch_factor: int = 2) -> DataLoader:
@@ -249,14 +301,15 @@ def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None 
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
+        kwargs["worker_init_fn"] = ExitWithProcess(os.getpid())  # workers never outlive this process
         if mp_context:
             kwargs["multiprocessing_context"] = mp_context
     inner = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     if isinstance(inner, StoreDataset):
         batches = BatchSampler(sampler if sampler is not None else SequentialSampler(dataset), batch_size,
                                drop_last=False)
-        return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=num_workers,
-                          collate_fn=_batched, pin_memory=pin_memory, **kwargs)
+        return _StoreLoader(dataset, batch_size=None, sampler=batches, num_workers=num_workers,
+                            collate_fn=_batched, pin_memory=pin_memory, **kwargs)
     return DataLoader(
         dataset,
         batch_size=batch_size,

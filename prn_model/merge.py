@@ -9,7 +9,11 @@
   class with fewer than ``stuff_area`` pixels in the image becomes VOID, as does any remaining pixel;
 - ids come from :class:`prn_data.records.IdAllocator`: ``category_id * label_divisor + k`` (k = 1, 2, … per
   class in decreasing center score; 0 for stuff), VOID = −1, with the dataset's own category ids (README,
-  "Conventions").
+  "Conventions");
+- an instance's ``score`` is the center heatmap's value at its center (:func:`prn_model.ppgbf.find_centers`):
+  a regression output (trained towards Gaussians of peak 1, or the base's score), so it can exceed 1 (1.025
+  was seen); it is kept as predicted here and clamped to [0, 1] when written
+  (:func:`prn_data.base.export.clamp_score`).
 
 The semantic labels at full resolution come from :mod:`prn_model.upsample`; writing the result as COCO
 panoptic files is :mod:`prn_model.predictions`.

@@ -1,17 +1,27 @@
-"""Predictions as COCO panoptic files: a PNG per image (``id = R + 256·G + 256²·B``, 0 = VOID) and one JSON
-with the ``segments_info`` of every image and the dataset's categories (README, "Conventions"), the format
-panopticapi's ``pq_compute`` scores. Predictions scored at the original image size are first resized back
-nearest-exact (§4.2's resize undone)."""
+"""Predictions as COCO panoptic files, in the one layout every prediction of prn is written in
+(:mod:`prn_data.base.export`; README "Predictions on disk"): ``OUT/panoptic.json`` with the ``segments_info``
+of every image and the dataset's categories, ``OUT/panoptic/<stem>.png`` (``id = R + 256·G + 256²·B``,
+0 = VOID) — the format panopticapi's ``pq_compute`` scores and ``files:OUT`` reads. Predictions scored or
+written at the original image size are first resized back nearest-exact (§4.2's resize undone). Instance
+scores are written clamped to [0, 1] (PRN's is the center heatmap's peak, which can overshoot 1, §3.5).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from prn_data.panoptic_io import refresh_segments, write_rgb_ids
+from prn_data.base.export import (
+    PANOPTIC_DIR,
+    PANOPTIC_JSON,
+    PanopticWriter,
+    coco_categories,
+    write_panoptic_json,
+    write_panoptic_png,
+)
+from prn_data.panoptic_io import refresh_segments
 from prn_data.records import CategorySet, Segment
 from prn_data.resize import resize_labels
 
@@ -29,59 +39,27 @@ def to_original_size(panoptic: np.ndarray, segments: Sequence[Segment], orig_siz
     return pan, refresh_segments(pan, segments)
 
 
-def coco_categories(categories: CategorySet) -> list[dict]:
-    """COCO panoptic ``categories`` entries (id, name, isthing, supercategory, color)."""
-    return [
-        {"id": c.id, "name": c.name, "isthing": int(c.isthing), "supercategory": "", "color": list(c.color)}
-        for c in categories
-    ]
-
-
-def write_panoptic_png(
-    png_dir: str | Path,
-    *,
-    image_id: ImageId,
-    file_name: str,
-    panoptic: np.ndarray,
-    segments: Sequence[Segment],
-) -> dict:
-    """Write one prediction's PNG into ``png_dir`` (named after ``file_name`` with a ``.png`` suffix;
-    ``panoptic (h, w)`` int with VOID = −1) and return its COCO panoptic annotation."""
-    png = Path(file_name).with_suffix(".png").name
-    write_rgb_ids(Path(png_dir) / png, panoptic)
-    return {"image_id": image_id, "file_name": png, "segments_info": [s.to_json() for s in segments]}
-
-
-def write_panoptic_json(path: str | Path, annotations: Sequence[dict], categories: CategorySet) -> Path:
-    """Write the COCO panoptic JSON of ``annotations`` (from :func:`write_panoptic_png`) to ``path``."""
-    with open(path, "w") as f:
-        json.dump({"annotations": list(annotations), "categories": coco_categories(categories)}, f)
-    return Path(path)
-
-
 def write_panoptic(
     out_dir: str | Path,
     items: Sequence[tuple[ImageId, str, np.ndarray, Sequence[Segment]]],
     categories: CategorySet,
-    *,
-    json_name: str = "panoptic.json",
 ) -> Path:
-    """Write COCO panoptic predictions: ``out_dir/<json_name stem>/<file>.png`` and ``out_dir/<json_name>``.
+    """Write COCO panoptic predictions in prn's layout: ``out_dir/panoptic/<file>.png`` and
+    ``out_dir/panoptic.json``.
 
     ``items``: ``(image_id, file_name, panoptic (h, w) int32 with VOID = −1, segments)`` per image; the
     PNG is named after ``file_name`` with a ``.png`` suffix. Returns the JSON's path."""
-    out_dir = Path(out_dir)
-    png_dir = out_dir / Path(json_name).stem
-    png_dir.mkdir(parents=True, exist_ok=True)
-    anns = [
-        write_panoptic_png(png_dir, image_id=image_id, file_name=file_name, panoptic=pan, segments=segs)
-        for image_id, file_name, pan, segs in items
-    ]
-    return write_panoptic_json(out_dir / json_name, anns, categories)
+    with PanopticWriter(out_dir, categories) as writer:
+        for image_id, file_name, pan, segs in items:
+            writer.add(image_id=image_id, file_name=file_name, panoptic=pan, segments=segs)
+    return writer.json_path
 
 
 __all__ = [
     "ImageId",
+    "PANOPTIC_DIR",
+    "PANOPTIC_JSON",
+    "PanopticWriter",
     "to_original_size",
     "coco_categories",
     "write_panoptic_png",

@@ -23,17 +23,17 @@ from typing import Sequence
 
 import numpy as np
 
-from prn_data.datasets import Dataset, open_dataset, open_described
+from prn_data.datasets import Dataset, open_recorded
 from prn_data.errors import DatasetError, PrnError
 from prn_data.pq import (
     FILE_VOID,
     MEMORY_VOID,
     ImageStats,
+    PngIdReader,
     PQStat,
     SegmentTable,
     pq_average,
     pq_image,
-    read_png_ids,
     worker_count,
 )
 from prn_data.records import CategorySet, Segment
@@ -57,34 +57,48 @@ class GroundTruth:
 
 def locate_ground_truth(store: Store, gt: str | Path | None = None) -> GroundTruth:
     """The dataset's own ground truth of ``store`` (``gt``: the dataset's root somewhere else), or the
-    store's ``gt/`` when neither can be found. An explicit ``gt`` that cannot be read is an error."""
+    store's ``gt/`` when neither can be found. An explicit ``gt`` that cannot be read is an error.
+
+    The store's ``dataset`` description comes from whoever made the store: the paths it names are only
+    read, and only where they exist (:func:`prn_data.datasets.open_recorded`; a synthetic dataset missing
+    there is generated again under ``cache/regenerated/``)."""
     desc = dict(store.attrs.get("dataset") or {})
     try:
+        ds = None
         if gt is not None:
             gt = Path(gt)
             if not gt.exists():
                 raise DatasetError(gt, "ground-truth folder does not exist")
-            ds = open_dataset(f"{desc.get('name', 'coco').split('-')[0]}:{gt}", desc.get("split", store.attrs.get("split")), **desc.get("options", {}))
+            ds = open_recorded(desc, root=gt, max_samples=len(store))
             desc = ds.describe()
-        else:
-            ds = None
-        g = desc.get("gt") or {}
-        if g.get("format") == "coco-panoptic" and g.get("json") and g.get("png_dir"):
-            j, p = Path(g["json"]), Path(g["png_dir"])
-            if j.is_file() and p.is_dir():
-                with open(j) as f:
-                    anns = {str(a["image_id"]): a for a in json.load(f)["annotations"]}
-                return GroundTruth("original", f"original size, {j}", json=j, png_dir=p, annotations=anns)
-        if desc:
-            ds = ds or open_described(desc)
+        files = _coco_files(desc)
+        if files is None and desc:
+            ds = ds or open_recorded(desc, max_samples=len(store))
+            files = _coco_files(ds.describe())
+        if files is not None:
+            j, p = files
+            with open(j) as f:
+                anns = {str(a["image_id"]): a for a in json.load(f)["annotations"]}
+            return GroundTruth("original", f"original size, {j}", json=j, png_dir=p, annotations=anns)
+        if ds is not None:
             return GroundTruth("original", f"original size, dataset {desc.get('spec', desc.get('name'))}", dataset=ds)
     except PrnError:
         if gt is not None:
             raise
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):
         if gt is not None:
             raise DatasetError(gt, "not a readable ground truth for this store's dataset") from None
     return GroundTruth("store", "store resolution, the store's gt/")
+
+
+def _coco_files(desc: dict) -> tuple[Path, Path] | None:
+    """The COCO panoptic JSON and PNG folder a dataset description names, when both exist."""
+    g = desc.get("gt") or {}
+    if isinstance(g, dict) and g.get("format") == "coco-panoptic" and g.get("json") and g.get("png_dir"):
+        j, p = Path(g["json"]), Path(g["png_dir"])
+        if j.is_file() and p.is_dir():
+            return j, p
+    return None
 
 
 class StreamedScorer:
@@ -98,7 +112,8 @@ class StreamedScorer:
     def __init__(self, gt: GroundTruth, categories: CategorySet, names: Sequence[str], *,
                  out_dir: Path | None = None, workers: int | None = None):
         self.gt, self.categories, self.out_dir, self.names = gt, categories, out_dir, tuple(names)
-        self.cat_ids = [c.id for c in categories]
+        self.cat_ids = frozenset(c.id for c in categories)
+        self.reader = PngIdReader()  # ground-truth PNGs decoded into per-thread reusable buffers
         self.anns: dict[str, dict[int, dict]] = {n: {} for n in self.names}
         self.stats: dict[str, dict[int, ImageStats]] = {n: {} for n in self.names}
         # file-to-file scoring sums in the ground-truth JSON's order; in-memory scoring in the samples'
@@ -128,7 +143,7 @@ class StreamedScorer:
     def _truth(self, meta: dict) -> tuple[np.ndarray, SegmentTable, int]:
         if self.gt.json is not None:
             ann = self.gt.annotations[str(meta["image_id"])]
-            ids = read_png_ids(self.gt.png_dir / ann["file_name"])
+            ids = self.reader.read(self.gt.png_dir / ann["file_name"], "gt")
             return ids, SegmentTable.from_segments(ann["segments_info"], with_area=True), FILE_VOID
         if self.gt.mode == "original":
             sample = self.gt.dataset.load(self.lookup[str(meta["image_id"])])
@@ -150,8 +165,9 @@ class StreamedScorer:
             where = None
             if self.gt.json is not None:
                 where = str(png_dir / self.anns[name][seq]["file_name"]) if self.out_dir is not None else f"{name} prediction of image {meta['image_id']}"
-            pred_ids = np.where(pan < 0, FILE_VOID, pan) if void == FILE_VOID else pan
-            self.stats[name][order] = pq_image(gt_ids, gt_table, pred_ids, SegmentTable.from_segments(segs), void=void, categories=self.cat_ids, name=where)
+            # against file ids (VOID = 0) the prediction's VOID = −1 counts as VOID: pq_image maps it per run
+            self.stats[name][order] = pq_image(gt_ids, gt_table, pan, SegmentTable.from_segments(segs), void=void,
+                                               negative_void=void == FILE_VOID, categories=self.cat_ids, name=where)
 
     def close(self) -> None:
         """Stop without results (after an error): queued samples are dropped, running ones finish."""

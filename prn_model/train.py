@@ -14,7 +14,11 @@ A run folder holds:
   ``samples_per_s`` and ``data_wait`` (fraction of the interval spent waiting for the loader), averaged
   over the steps since the previous line;
 - ``val.jsonl``: one object per validation (``step`` and what the validation returned), when the caller
-  gives one (``prn train --val-store``: PQ on a validation store, :func:`prn_model.evaluate.validation`).
+  gives one (``prn train --val-store``: PQ on a validation store, :func:`prn_model.evaluate.validation`);
+- ``skipped.jsonl``: with ``data.skip_bad`` (``prn train --skip-bad``), one object per damaged sample
+  replaced in a batch (``step``, ``index``, ``image_id``, ``array``, ``reason``, ``replaced_by``; every
+  process appends its own). Without it a damaged sample stops training with its error (README "Sharing
+  stores").
 
 Resuming (``resume=True``) restores everything from the newest checkpoint and drops metrics lines logged
 after it; since the sampler position and the per-sample augmentation seeds are functions of the step, an
@@ -34,16 +38,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.markup import escape
 from rich.progress import Progress
 
 from prn_data.errors import PrnError
-from prn_data.progress import progress
+from prn_data.progress import console, progress
 
 from .batch import decode_batch
 from .checkpoint import (
+    CheckpointError,
+    changed_settings,
+    check_run_folder,
     checkpoint_path,
-    latest_checkpoint,
-    read_checkpoint,
+    data_record,
+    read_resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -102,14 +110,19 @@ def train(cfg: TrainConfig, resume: bool = False, *, validate: Validation | None
         raise TrainingError("no training store: give one in the config (data.store) or with --store")
     if not cfg.out:
         raise TrainingError("no run folder: give one in the config (out) or with --out")
+    try:
+        check_run_folder(cfg.out, resume)  # every rank checks, so none waits forever
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None
+    resumed = _resume_point(cfg) if resume else None  # before any store is opened or file written
     rank, world, local_rank = dist_env()
     device = resolve_device(cfg.device, local_rank)
     with process_group(world, device):
-        return _train(cfg, resume, validate=validate, show_progress=show_progress and rank == 0, rank=rank,
+        return _train(cfg, resumed, validate=validate, show_progress=show_progress and rank == 0, rank=rank,
                       world=world, device=device)
 
 
-def _train(cfg: TrainConfig, resume: bool, *, validate: Validation | None, show_progress: bool, rank: int,
+def _train(cfg: TrainConfig, resumed: tuple[Path, dict] | None, *, validate: Validation | None, show_progress: bool, rank: int,
            world: int, device: torch.device) -> dict:
     """One process's run (see :func:`train`). The global RNGs are drawn in a fixed order — the seed, the
     model's initial weights, a resumed run's restored states, then the loader's base seed — so a run is
@@ -123,7 +136,7 @@ def _train(cfg: TrainConfig, resume: bool, *, validate: Validation | None, show_
     model = _build_model(cfg, dataset, device=device, world=world)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    start = _start_run(out, cfg, model=model, optimizer=optimizer, scheduler=scheduler, resume=resume, rank=rank)
+    start = _start_run(out, cfg, model=model, optimizer=optimizer, scheduler=scheduler, resumed=resumed, rank=rank)
     train_model = _wrap(model, cfg, device=device, world=world)
     if cfg.data.batch_size % world:
         raise TrainingError(f"data.batch_size {cfg.data.batch_size} (global) is not divisible by {world} processes")
@@ -139,7 +152,7 @@ def _train(cfg: TrainConfig, resume: bool, *, validate: Validation | None, show_
             return None
         path = save_checkpoint(checkpoint_path(out, step), model, cfg, optimizer=optimizer, scheduler=scheduler,
                                step=step, sampler={"start": step * bs, "seed": cfg.seed, "world_size": world},
-                               rng=rng_state())
+                               rng=rng_state(), data=data_record(dataset.attrs))
         if cfg.keep_checkpoints:
             for old in sorted((out / "checkpoints").glob("step_*.pt"))[: -cfg.keep_checkpoints]:
                 old.unlink()
@@ -148,13 +161,18 @@ def _train(cfg: TrainConfig, resume: bool, *, validate: Validation | None, show_
     last: dict = {}
     last_ckpt: Path | None = None
     meter = _Meter()
+    seen_bad: set[int] = set()  # damaged samples already reported on the console
     bar = _Bar(cfg.iters, start) if show_progress else None
     train_model.train()
     it = iter(loader)
     try:
         for step in range(start, cfg.iters):
             t_wait = time.perf_counter()
-            batch = _move(next(it), device, channels_last=cfg.channels_last, spec=dataset.decode_spec)
+            batch = next(it)
+            if "_skipped" in batch:
+                _log_skipped(batch.pop("_skipped"), step=step + 1, rank=rank, world=world,
+                             path=out / "skipped.jsonl", seen=seen_bad, bar=bar)
+            batch = _move(batch, device, channels_last=cfg.channels_last, spec=dataset.decode_spec)
             meter.data_s += time.perf_counter() - t_wait
             total, terms, lr = _step(train_model, model, batch, optimizer=optimizer, scheduler=scheduler,
                                      weights=weights, clip_grad_norm=cfg.optim.clip_grad_norm, autocast=autocast)
@@ -180,7 +198,7 @@ def _train(cfg: TrainConfig, resume: bool, *, validate: Validation | None, show_
             bar.stop()
         del it
     if rank == 0 and cfg.iters > start:
-        save_checkpoint(out / "model.pt", model, cfg, step=cfg.iters)
+        save_checkpoint(out / "model.pt", model, cfg, step=cfg.iters, data=data_record(dataset.attrs))
     return {"out": str(out), "step": max(start, cfg.iters), "last_metrics": last,
             "checkpoint": str(last_ckpt) if last_ckpt else None, "model": unwrap_model(model)}
 
@@ -192,7 +210,7 @@ def _open_dataset(cfg: TrainConfig, *, cuda: bool) -> StoreDataset:
     """The training store as a dataset (augmented as ``cfg.augment`` says), decoded in the loader or, on
     CUDA by default, on the device."""
     decode = cfg.data.decode if cfg.data.decode != "auto" else ("device" if cuda else "loader")
-    dataset = StoreDataset(cfg.data.store, cfg.augment, seed=cfg.seed, decode=decode)
+    dataset = StoreDataset(cfg.data.store, cfg.augment, seed=cfg.seed, decode=decode, skip_bad=cfg.data.skip_bad)
     if any(c % 32 for c in (cfg.augment.crop or dataset.canvas)):
         raise TrainingError(
             f"{cfg.data.store}: training size {tuple(cfg.augment.crop or dataset.canvas)} is not a multiple of "
@@ -217,17 +235,17 @@ def _build_model(cfg: TrainConfig, dataset: StoreDataset, *, device: torch.devic
 
 
 def _start_run(out: Path, cfg: TrainConfig, *, model: PRN, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, resume: bool, rank: int) -> int:
-    """Prepare the run folder and return the first step: with ``resume``, the model, optimizer, scheduler
-    and RNGs come back from the newest checkpoint and later metrics lines are dropped; a fresh run refuses a
-    folder that already holds one. Rank 0 writes ``config.yaml``."""
+               scheduler: torch.optim.lr_scheduler.LRScheduler, resumed: tuple[Path, dict] | None,
+               rank: int) -> int:
+    """Prepare the run folder and return the first step: with ``resumed`` (:func:`_resume_point`'s checkpoint
+    path and dict), the model, optimizer, scheduler
+    and RNGs come back from the newest checkpoint (refused when a setting that decides the steps changed:
+    :func:`~prn_model.checkpoint.changed_settings`) and later metrics lines are dropped. :func:`train` has
+    checked the folder (:func:`~prn_model.checkpoint.check_run_folder`). Rank 0 writes ``config.yaml``."""
     start = 0
     metrics_path, val_path = out / "metrics.jsonl", out / "val.jsonl"
-    if resume:
-        ck_path = latest_checkpoint(out)
-        if ck_path is None:
-            raise TrainingError(f"{out}: --resume given but the run folder has no checkpoint")
-        ckpt = read_checkpoint(ck_path)
+    if resumed is not None:
+        ck_path, ckpt = resumed
         if ckpt["model_config"] != model.cfg.to_dict():
             raise TrainingError(f"{ck_path}: the checkpoint's model configuration differs from this run's")
         model.load_state_dict(ckpt["model"])
@@ -238,12 +256,27 @@ def _start_run(out: Path, cfg: TrainConfig, *, model: PRN, optimizer: torch.opti
         if rank == 0:
             _truncate_metrics(metrics_path, start)
             _truncate_metrics(val_path, start)
-    elif metrics_path.exists() and metrics_path.stat().st_size:  # every rank checks, so none waits forever
-        raise TrainingError(f"{out}: the run folder already holds a run; use --resume or another --out")
+            _truncate_metrics(out / "skipped.jsonl", start)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        # checkpoints/ from the start marks the folder as a run's (check_run_folder) before the first checkpoint
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     return start
+
+
+def _resume_point(cfg: TrainConfig) -> tuple[Path, dict]:
+    """The newest intact checkpoint of the run in ``cfg.out`` and its dict; refused when ``cfg`` changes a
+    setting that decides the steps (:func:`~prn_model.checkpoint.changed_settings`), since ``config.yaml``
+    would then record a run that never happened."""
+    try:
+        ck_path, ckpt = read_resume_checkpoint(cfg.out)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None
+    changed = changed_settings(ckpt["config"], cfg)
+    if changed:
+        raise TrainingError(f"{ck_path}: --resume with settings other than the run's: {'; '.join(changed)} "
+                            "(resume with the run's settings, or start a new run with another --out)")
+    return ck_path, ckpt
 
 
 def _wrap(model: PRN, cfg: TrainConfig, *, device: torch.device, world: int) -> torch.nn.Module:
@@ -338,6 +371,24 @@ class _Bar:
 
     def stop(self) -> None:
         self.progress.stop()
+
+
+def _log_skipped(records: list[dict], *, step: int, rank: int, world: int, path: Path, seen: set[int],
+                 bar: _Bar | None) -> None:
+    """Log damaged samples a batch replaced (``data.skip_bad``): every one to ``skipped.jsonl``, and to the
+    console the first time this process meets it."""
+    for r in records:
+        _append_jsonl(path, {"step": step, **({"rank": rank} if world > 1 else {}), **r})
+        if r["index"] in seen:
+            continue
+        seen.add(r["index"])
+        who = f"sample {r['index']}" + (f" (image id {r['image_id']})" if r.get("image_id") else "")
+        text = (f"skipped damaged {who}" + (f", array {r['array']}" if r.get("array") else "")
+                + f": {r['reason']}; sample {r['replaced_by']} used instead (step {step}, logged in {path.name})")
+        if bar is not None:
+            bar.print(escape(text))
+        else:
+            console.print(text, markup=False, highlight=False)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -51,8 +51,13 @@ def test_coco_sample_simulated_export_files_round_trip(tmp_path, coco_sample):
                                    "--base", "simulated:seed=4", "--out", str(out)])
     assert res.exit_code == 0, res.output
     ds = open_dataset(f"coco:{coco_sample}", "val2017")
-    data = json.loads((out / "predictions.json").read_text())
+    # prn's one layout: panoptic.json + panoptic/<stem>.png (+ .npz probabilities beside each PNG)
+    assert sorted(p.name for p in out.iterdir()) == ["panoptic", "panoptic.json"]
+    data = json.loads((out / "panoptic.json").read_text())
     assert sorted(a["image_id"] for a in data["annotations"]) == [142238, 439180]
+    assert sorted(p.name for p in (out / "panoptic").iterdir()) == [
+        "000000142238.npz", "000000142238.png", "000000439180.npz", "000000439180.png"]
+    assert [c["id"] for c in data["categories"]][:3] == [1, 2, 3] and "seed=4" in data["base"]
     sim = open_base("simulated:seed=4", ds.categories)
     files = open_base(f"files:{out}", ds.categories)
     params, policy = TargetParams(), ResizePolicy()
@@ -81,7 +86,7 @@ def test_export_without_probs_and_match_by_file_name(tmp_path):
             return [preds[int(s.image_id[3:])] for s in batch]
 
     path = export_predictions(ListDataset(samples), NoProbs(), tmp_path, batch=2)
-    assert not list(tmp_path.glob("*.npz"))
+    assert path == tmp_path / "panoptic.json" and not list(tmp_path.rglob("*.npz"))
     # Image ids that no longer match: the file name stem still finds the prediction.
     data = json.loads(path.read_text())
     for a in data["annotations"]:
@@ -156,7 +161,7 @@ def test_wrong_size_and_bad_probability_files(tmp_path):
     with pytest.raises(BaseNetworkError, match="prediction is 90×128, image is 96×128"):
         open_base(f"files:{tmp_path}", CATS).predict([make_sample(0)])
     (tmp_path / "second.json").write_text("{}")
-    with pytest.raises(BaseNetworkError, match="expected exactly one COCO panoptic JSON, found 2"):
+    with pytest.raises(BaseNetworkError, match="expected panoptic.json or exactly one COCO panoptic JSON, found 2"):
         open_base(f"files:{tmp_path}", CATS)
 
 
@@ -178,4 +183,51 @@ def test_cli_export_error_is_one_line(tmp_path, coco_sample):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True,
                        env={**os.environ, "COLUMNS": "400"})
     assert r.returncode == 2
-    assert "expected exactly one COCO panoptic JSON, found 0" in r.stderr and "Traceback" not in r.stderr
+    assert "expected panoptic.json or exactly one COCO panoptic JSON, found 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_old_flat_export_layout_and_json_path_are_read(tmp_path):
+    """Folders exported before the one layout (predictions.json + PNGs side by side) still read; a JSON
+    file may be named directly; panoptic.json wins over other JSON files in its folder."""
+    samples = [make_sample(i) for i in range(2)]
+    preds = open_base("simulated", CATS).predict(samples)
+    new = tmp_path / "new"
+    export_predictions(ListDataset(samples), open_base("simulated", CATS), new)
+    old = tmp_path / "old"
+    old.mkdir()
+    data = json.loads((new / "panoptic.json").read_text())
+    for f in (new / "panoptic").iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    (old / "predictions.json").write_text(json.dumps(data))
+    (new / "results.json").write_text("{}")  # e.g. prn evaluate's figures beside the predictions
+    for spec in (f"files:{old}", f"files:{new}", f"files:{new / 'panoptic.json'}", f"files:{old / 'predictions.json'}"):
+        got = open_base(spec, CATS).predict(samples)
+        for a, b in zip(preds, got):
+            same_prediction(a, b)
+
+
+def test_export_clamps_scores_to_0_1(tmp_path):
+    samples = [make_sample(0)]
+    pred = open_base("simulated", CATS).predict(samples)[0]
+    things = [s for s in pred.segments if s.isthing]
+    things[0].score, things[1].score = 1.025, -0.5
+
+    class Fixed:
+        spec = "fixed"
+
+        def predict(self, batch):
+            return [pred]
+
+    path = export_predictions(ListDataset(samples), Fixed(), tmp_path)
+    scores = {s["id"]: s.get("score") for s in json.loads(path.read_text())["annotations"][0]["segments_info"]}
+    assert scores[things[0].id] == 1.0 and scores[things[1].id] == 0.0
+    assert all(v is None or 0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_file_name_may_not_leave_the_folder(tmp_path):
+    _foreign(tmp_path, [], np.zeros((96, 128), np.int32))
+    data = json.loads((tmp_path / "panoptic_val.json").read_text())
+    data["annotations"][0]["file_name"] = "../img0000.png"
+    (tmp_path / "panoptic_val.json").write_text(json.dumps(data))
+    with pytest.raises(BaseNetworkError, match=r"file_name '\.\./img0000\.png' of image img0000 leaves the prediction folder"):
+        open_base(f"files:{tmp_path}", CATS).predict([make_sample(0)])

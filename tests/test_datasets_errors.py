@@ -217,3 +217,43 @@ def test_bad_specs_and_options(tmp_path, coco_sample):
     with pytest.raises(DatasetError, match="min_size"):
         open_dataset("synthetic:1", "val", root=tmp_path, min_size=(8, 8))
     assert not any(tmp_path.iterdir())  # nothing generated on a bad spec
+
+
+@pytest.mark.parametrize("value", ["abc", 0, 4.5, None, True])
+def test_image_height_not_a_positive_integer(tmp_path, value):
+    data = _make_coco(tmp_path)
+    data["images"][0]["height"] = value
+    _save(tmp_path, data)
+    err = _expect(tmp_path, "panoptic_val.json", f"images[0].height (image 0) must be a positive integer, got {value!r}")
+    with pytest.raises(DatasetError) as info:
+        open_dataset(f"coco:{tmp_path}", "val").orig_size(0)
+    assert str(info.value) == str(err)
+
+
+def test_images_not_a_list(tmp_path):
+    data = _make_coco(tmp_path)
+    data["images"] = 7
+    _save(tmp_path, data)
+    with pytest.raises(DatasetError, match=r"panoptic_val\.json: 'images' must be a list, got int"):
+        open_dataset(f"coco:{tmp_path}", "val")
+
+
+def test_build_without_images_list_fails_only_the_sample_whose_png_is_missing(tmp_path):
+    # Without images[] the sizes come from the PNG headers; a missing PNG is that sample's failure.
+    from prn_data.build import BuildConfig, build
+    from prn_data.store import open_store
+
+    data = _make_coco(tmp_path / "ds", n=3)
+    del data["images"]  # images are then looked up as <PNG name>.jpg
+    _save(tmp_path / "ds", data)
+    for i in range(3):
+        Image.open(tmp_path / "ds" / "val" / f"im{i}.png").save(tmp_path / "ds" / "val" / f"im{i}.jpg")
+    png = tmp_path / "ds" / "annotations" / "panoptic_val" / "im1.png"
+    png.unlink()
+    store = tmp_path / "s.zarr"
+    result = build(BuildConfig(f"coco:{tmp_path / 'ds'}", "val", out=str(store), workers=1))
+    assert (result.built, result.skipped) == (2, 0)
+    assert result.failures == [{"index": 1, "file": str(png), "error": "panoptic PNG is missing"}]
+    st = open_store(str(store))
+    assert st.done.tolist() == [True, False, True]
+    assert [f["index"] for f in st.failures] == [1]

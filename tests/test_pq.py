@@ -11,9 +11,10 @@ import shutil
 import numpy as np
 import pytest
 
+from prn_data import panoptic_io, pq
 from prn_data.errors import DatasetError
-from prn_data.panoptic_io import read_rgb_ids
-from prn_data.pq import pq_compute, pq_from_arrays, read_png_ids
+from prn_data.panoptic_io import decode_png, read_rgb_ids, rgb2id
+from prn_data.pq import PngIdReader, SegmentTable, pq_compute, pq_from_arrays, pq_image, read_png_ids
 from prn_data.testing import perturb
 
 CATS = [
@@ -182,3 +183,127 @@ def test_file_errors_name_the_file(coco_sample, tmp_path):
     (pred_dir / "000000142238.png").unlink()
     with pytest.raises(DatasetError, match="000000142238.png: panoptic PNG is missing"):
         pq_compute(gt_json, gt_dir, gt_json, pred_dir)
+
+
+# --- the counting path: runs, VOID mapping, decoders, reused buffers -----------------------------------
+
+
+def random_pair(rng, h, w, noisy):
+    """A ground-truth / prediction pair of (h, w) file-id maps (VOID = 0) with overlapping blocks, its
+    segment tables (crowd included, an unlisted ground-truth id) and the categories."""
+    gids = rng.choice(np.arange(1, 50), 6, replace=False)
+    pids = rng.choice(np.arange(1, 50), 7, replace=False)
+    g = np.zeros((h, w), np.int64)
+    p = np.zeros((h, w), np.int64)
+    for m, ids in ((g, list(gids) + [99]), (p, list(pids))):
+        for _ in range(12):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            m[y : y + rng.integers(2, h), x : x + rng.integers(2, w)] = rng.choice(ids)
+    p[g == gids[0]] = pids[0]  # a sure match
+    if noisy:  # salt: most pixels start a run, so pq_image counts pixel by pixel
+        p = np.where(rng.random((h, w)) < 0.8, p, rng.choice(np.r_[0, pids], (h, w)))
+    gt = SegmentTable(gids.astype(np.int64), rng.integers(1, 3, 6), np.arange(6) == 5)
+    pr = SegmentTable(pids.astype(np.int64), rng.integers(1, 3, 7), np.zeros(7, bool))
+    pr.category[0] = gt.category[0]
+    return g, gt, p, pr
+
+
+def same_stats(a, b):
+    for f in ("tp_category", "tp_iou", "fp_category", "fn_category"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), f
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_runs_count_like_pixels(monkeypatch, noisy):
+    """Counting runs (with their lengths) gives the very counts and IoUs of counting every pixel."""
+    rng = np.random.default_rng(7 + noisy)
+    matched = 0
+    for _ in range(20):
+        g, gt, p, pr = random_pair(rng, 23, 31, noisy)
+        assert (pq._runs(g.ravel(), p.ravel())[2] is None) == noisy
+        by_runs = pq_image(g, gt, p, pr)
+        with monkeypatch.context() as m:
+            m.setattr(pq, "_MAX_RUN_SHARE", -1.0)  # every image pixel by pixel
+            same_stats(by_runs, pq_image(g, gt, p, pr))
+        matched += len(by_runs.tp_iou)
+    assert matched >= 5  # matches exercised, not only false positives and negatives
+
+
+def test_runs_may_wrap_rows(monkeypatch):
+    """A run crossing a row end counts its pixels all the same (only the pair's count matters)."""
+    monkeypatch.setattr(pq, "_MAX_RUN_SHARE", 1.0)  # runs even for this tiny map
+    g = np.array([[5, 5, 5], [5, 5, 0]])
+    p = np.array([[0, 7, 7], [7, 7, 7]])
+    gv, pv, length = pq._runs(g.ravel(), p.ravel())
+    assert gv.tolist() == [5, 5, 0] and pv.tolist() == [0, 7, 7] and length.tolist() == [1, 4, 1]
+
+
+def test_negative_predicted_ids_count_as_void():
+    """``negative_void``: a prediction in memory (VOID = −1) against file ids (VOID = 0), as the streamed
+    scorer hands it over, scores as the prediction written to a file would."""
+    rng = np.random.default_rng(3)
+    for noisy in (False, True):
+        g, gt, p, pr = random_pair(rng, 17, 19, noisy)
+        mem = np.where(p == 0, -1, p).astype(np.int32)
+        same_stats(pq_image(g, gt, mem, pr, void=0, negative_void=True), pq_image(g, gt, p, pr, void=0))
+    with pytest.raises(DatasetError, match=r"ids \[77\] are in the PNG"):
+        mem[0, 0] = 77
+        pq_image(g, gt, mem, pr, void=0, negative_void=True, name="x")
+
+
+def test_decoders_and_rgb2id_agree(coco_sample, tmp_path, monkeypatch):
+    """Whichever decoder runs (kornia-rs when installed, libspng, Pillow), the pixels and ids are the same;
+    rgb2id's fast paths (OpenCV's widening, RGBA words, the strided read) give the arithmetic's ids."""
+    from PIL import Image
+
+    x = np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    Image.fromarray(x, "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.ascontiguousarray(x[..., :3]), "RGB").save(tmp_path / "b.png")
+    pngs = sorted((coco_sample / "annotations" / "panoptic_val2017").glob("*.png")) + [tmp_path / "a.png", tmp_path / "b.png"]
+    for png in pngs:
+        with Image.open(png) as im:
+            ref = np.asarray(im)
+        r64 = ref.astype(np.int64)
+        ids = r64[..., 0] + 256 * r64[..., 1] + 65536 * r64[..., 2]
+        got = [decode_png(png)]
+        monkeypatch.setattr(panoptic_io, "kornia_io", None)
+        got.append(decode_png(png))
+        monkeypatch.undo()
+        for a in got:
+            np.testing.assert_array_equal(a, ref)
+        for rgb, want in ((ref, ids), (np.ascontiguousarray(ref[..., :3]), ids), (ref[:, ::2], ids[:, ::2])):
+            np.testing.assert_array_equal(rgb2id(rgb), want)
+        with monkeypatch.context() as m:
+            m.setattr(panoptic_io, "cv2", None)
+            np.testing.assert_array_equal(rgb2id(np.ascontiguousarray(ref[..., :3])), ids)
+        np.testing.assert_array_equal(read_png_ids(png), ids)
+    out = np.zeros(100, np.int32)
+    r = rgb2id(x, out=out)
+    assert r.base is not None and np.shares_memory(r, out) and (out[35:] == 0).all()
+    with pytest.raises(ValueError, match="at least 35"):
+        rgb2id(x, out=np.zeros(34, np.int32))
+    with pytest.raises(ValueError, match="int32"):
+        rgb2id(x, out=np.zeros(40, np.int64))
+
+
+def test_kornia_decoder_when_installed(coco_sample):
+    pytest.importorskip("kornia_rs")
+    assert panoptic_io.kornia_io is not None
+    png = coco_sample / "annotations" / "panoptic_val2017" / "000000142238.png"
+    np.testing.assert_array_equal(decode_png(png), panoptic_io.imagecodecs.spng_decode(png.read_bytes()))
+
+
+def test_reused_buffers_keep_each_image_right(coco_sample, tmp_path):
+    """PngIdReader decodes image after image into one buffer per role: each map is right when read, for
+    maps of other sizes too, and the roles do not share memory."""
+    d = coco_sample / "annotations" / "panoptic_val2017"
+    small = tmp_path / "s.png"
+    panoptic_io.write_rgb_ids(small, np.arange(12).reshape(3, 4) * 4099)
+    reader = PngIdReader()
+    for png in [d / "000000142238.png", small, d / "000000439180.png", d / "000000142238.png"]:
+        a = reader.read(png, "gt")
+        b = reader.read(small, "pred")
+        np.testing.assert_array_equal(a, read_png_ids(png))
+        np.testing.assert_array_equal(b, np.arange(12).reshape(3, 4) * 4099)
+        assert not np.shares_memory(a, b)

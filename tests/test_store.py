@@ -371,14 +371,15 @@ def test_a_damaged_chunk_is_a_store_error(tmp_path):
     from numcodecs import Zstd
     from zarr.core.buffer import default_buffer_prototype
 
-    from prn_data.store.shards import assemble_shard, parse_shard
+    from prn_data.store.shards import assemble_shard, crc32c_bytes, parse_shard
 
     path = tmp_path / "s.zarr" / key
     chunks = parse_shard(default_buffer_prototype().buffer.from_bytes(path.read_bytes()), 2, key)
-    short = Zstd(level=1).encode(np.zeros(10, np.uint16))  # valid zstd, wrong length
-    path.write_bytes(assemble_shard([chunks[0], short], 3))
+    short = Zstd(level=1).encode(np.zeros(10, np.uint16))  # valid zstd with a valid CRC32C, wrong length
+    path.write_bytes(assemble_shard([chunks[0], short + crc32c_bytes(short)], 3))
     ro.read_sample(0)
-    with pytest.raises(StoreError, match=r"gt/center/c/0/0/0/0: chunk decodes to 20 bytes, expected 3072"):
+    with pytest.raises(StoreError, match=r"s.zarr: sample 1 \(image id img1\), array gt/center: chunk decodes to "
+                                         r"20 bytes, expected 3072"):
         ro.read_sample(1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..errors import PrnError
 from ..progress import console, progress
@@ -32,7 +33,8 @@ def run(cli: typer.Typer) -> None:
     try:
         cli()
     except PrnError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # unwrapped (one line per line of the message, whatever the terminal's width) and not read as markup
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

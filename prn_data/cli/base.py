@@ -16,7 +16,7 @@ def export(
     split: str = typer.Option(..., "--split", help="Dataset split, e.g. val2017 or val."),
     base: str = typer.Option(..., "--base", help="Base spec: files:DIR, coco-results:JSON,DIR, python:mod:fn, "
                                                      "simulated[:k=v,...]."),
-    out: Path = typer.Option(..., "--out", help="Output directory (PNG + predictions.json + npz probabilities)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: panoptic.json + panoptic/<image>.png (+ .npz probabilities)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Export only the first N images."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Record an empty prediction for images the base has "
                                                                       "none for."),

@@ -16,8 +16,8 @@ def build(
     split: str = typer.Option(..., "--split", help="Split, e.g. val2017, train, val."),
     base: str = typer.Option("none", "--base", help="Base network: simulated, files:DIR, python:module:factory, "
                              "or none (ground truth only)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Store folder or fsspec URL; default "
-                                      "cache/<dataset>-<split>-<base>.zarr."),
+    out: Optional[str] = typer.Option(None, "--out", help="Store folder or fsspec URL (not a .zip: "
+                                      "`prn pack` makes one); default cache/<dataset>-<split>-<base>.zarr."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Build only the first N samples."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local worker threads (processes with "
                                           "--scheduler processes); default: the machine's cores."),
@@ -52,7 +52,8 @@ def build(
             rate = done / max(time.perf_counter() - t0, 1e-6)
             bar.update(task, total=total, completed=done, rate=f"{rate:.1f} samples/s")
 
-        result = run_build(cfg, on_progress=on_progress)
+        result = run_build(cfg, on_progress=on_progress,
+                           on_dashboard=lambda url: console.print(f"Dask dashboard (this machine only): {url}"))
     console.print(f"{result.store}: {result.built} built, {result.skipped} already done, "
                   f"{len(result.failures)} failed of {result.n_samples} in {result.seconds:.1f} s", soft_wrap=True)
     if result.failures:

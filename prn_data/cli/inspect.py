@@ -50,7 +50,7 @@ def info(
 
 
 def _index_by_id(st: Store, image_id: str) -> int:
-    ids = [str(v) for v in st.array("image_id")[:]]
+    ids = [str(v) for v in st.values("image_id")]
     try:
         return ids.index(image_id)
     except ValueError:

@@ -24,7 +24,7 @@ def _bar(description: str) -> tuple[Progress, Callable[[int, int], None]]:
 
 @app.command()
 def pack(
-    store: Path = typer.Argument(..., help="Store directory to pack."),
+    store: str = typer.Argument(..., help="Store folder, or URL of one (s3://…) to pack."),
     out: Path = typer.Argument(..., help="The zip file to write (e.g. coco-val2017-simulated.zip)."),
     deflate: bool = typer.Option(False, "--deflate", help="Deflate members (default: STORED, best for compressed chunks)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
@@ -43,7 +43,8 @@ def pack(
 def unpack(
     zip_file: Path = typer.Argument(..., help="A zip written by `prn pack`."),
     out: Path = typer.Argument(..., help="Store directory to create."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is a prn store (nothing else "
+                                   "is replaced)."),
 ) -> None:
     """Extract a packed store back into a directory (the reverse of `prn pack`)."""
     from ..share import unpack as do_unpack

@@ -47,7 +47,11 @@ class JsonPanopticDataset(Dataset):
         self._keys = [str(a["image_id"]) for a in self._anns]
         if len(set(self._keys)) != len(self._keys):
             raise DatasetError(self.json_path, "an image id has more than one annotation")
-        self._images = {str(im.get("id")): im for im in data.get("images", []) if isinstance(im, dict)}
+        images = data.get("images")
+        if images is not None and not isinstance(images, list):
+            raise DatasetError(self.json_path, f"'images' must be a list, got {type(images).__name__}")
+        # image id → (position in images[], entry); an entry's fields are checked when its sample is read
+        self._images = {str(im.get("id")): (i, im) for i, im in enumerate(images or []) if isinstance(im, dict)}
         self.categories = self._make_categories()
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -76,9 +80,32 @@ class JsonPanopticDataset(Dataset):
             raise DatasetError(self.json_path, f"image {image_id}: unknown category id {category_id}")
         return self.categories.by_id(category_id)
 
+    def _image_entry(self, index: int) -> dict | None:
+        """Sample ``index``'s ``images[]`` entry, if the JSON has one."""
+        found = self._images.get(self._keys[index])
+        return None if found is None else found[1]
+
+    def _declared_size(self, index: int) -> tuple[int, int] | None:
+        """``(h, w)`` that ``images[]`` gives for sample ``index``, or None when it gives none; a height or
+        width that is not a positive whole number raises :class:`DatasetError` naming the JSON and the
+        field."""
+        found = self._images.get(self._keys[index])
+        if found is None or "height" not in found[1] or "width" not in found[1]:
+            return None
+        pos, entry = found
+        size = []
+        for key in ("height", "width"):
+            v = entry[key]
+            ok = isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+            if not ok or v < 1:
+                raise DatasetError(self.json_path, f"images[{pos}].{key} (image {self._keys[index]}) must be a "
+                                                   f"positive integer, got {v!r}")
+            size.append(int(v))
+        return size[0], size[1]
+
     def _image_path(self, index: int) -> Path:
         ann = self._anns[index]
-        entry = self._images.get(self._keys[index])
+        entry = self._image_entry(index)
         if entry is not None and entry.get("file_name"):
             name = str(entry["file_name"])
         else:
@@ -101,10 +128,8 @@ class JsonPanopticDataset(Dataset):
 
     def orig_size(self, index: int) -> tuple[int, int]:
         index = self._check_index(index)
-        entry = self._images.get(self._keys[index])
-        if entry is not None and "height" in entry and "width" in entry:
-            return int(entry["height"]), int(entry["width"])
-        return png_size(self.label_path(index))
+        declared = self._declared_size(index)
+        return declared if declared is not None else png_size(self.label_path(index))
 
     def load(self, index: int) -> Sample:
         index = self._check_index(index)
@@ -112,6 +137,7 @@ class JsonPanopticDataset(Dataset):
         image_id = self._keys[index]
         png = self.label_path(index)
         img_path = self._image_path(index)
+        declared = self._declared_size(index)
         raw_segments = []
         for s in ann["segments_info"]:
             try:
@@ -122,14 +148,12 @@ class JsonPanopticDataset(Dataset):
         raw = read_rgb_ids(png)
         image = read_image(img_path)
         check_same_size(image, raw, img_path, png)
-        entry = self._images.get(image_id)
-        if entry is not None and "height" in entry and "width" in entry:
-            if (int(entry["height"]), int(entry["width"])) != raw.shape:
-                raise DatasetError(
-                    png,
-                    f"is {raw.shape[0]}x{raw.shape[1]} but {self.json_path.name} says image {image_id} is "
-                    f"{entry['height']}x{entry['width']}",
-                )
+        if declared is not None and declared != raw.shape:
+            raise DatasetError(
+                png,
+                f"is {raw.shape[0]}x{raw.shape[1]} but {self.json_path.name} says image {image_id} is "
+                f"{declared[0]}x{declared[1]}",
+            )
         panoptic, segments, id_map = normalise_panoptic(
             raw, raw_segments, label_path=png, listing_path=self.json_path, void_ids=(0,)
         )

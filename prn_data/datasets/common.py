@@ -8,6 +8,7 @@ segment order (crowd regions included), k = 0 for stuff, VOID = -1.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -17,6 +18,8 @@ from PIL import Image
 from scipy import ndimage
 
 from ..errors import DatasetError
+from .. import panoptic_io
+from ..panoptic_io import image_size
 from ..records import VOID, Category, CategorySet, IdAllocator, Sample, Segment
 
 
@@ -184,25 +187,22 @@ def check_same_size(image: np.ndarray, labels: np.ndarray, image_path: Path, lab
 
 
 def png_size(path: Path) -> tuple[int, int]:
-    """``(h, w)`` from an image file's header (no pixel decode)."""
-    if not path.is_file():
-        raise DatasetError(path, "file is missing")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as exc:
-        raise DatasetError(path, f"unreadable image header ({exc})") from None
-    return int(h), int(w)
+    """``(h, w)`` from an image file's header (no pixel decode, no size limit)."""
+    return image_size(path)
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """Read a single-channel label PNG (8- or 16-bit) → ``(H, W) int32``. Errors name the file."""
+    """Read a single-channel label PNG (8- or 16-bit) → ``(H, W) int32``; the header is checked against
+    :data:`~prn_data.panoptic_io.MAX_PIXELS` first. Errors name the file."""
     if not path.is_file():
         raise DatasetError(path, "label PNG is missing")
+    image_size(path, limit=panoptic_io.MAX_PIXELS)  # read at call time: a changed limit holds
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # image_size checked the size
+            with Image.open(path) as im:
+                im.load()
+                arr = np.asarray(im)
     except Exception as exc:
         raise DatasetError(path, f"unreadable or truncated label PNG ({exc})") from None
     if arr.ndim != 2:

@@ -11,6 +11,7 @@ equals what was generated. The files follow the official layout and are read by 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
@@ -359,6 +360,14 @@ def default_root(split: str, num: int, seed: int = 0) -> Path:
     working directory."""
     suffix = f"-seed{seed}" if seed else ""
     return Path("cache") / "synthetic" / f"{split}-{num}{suffix}"
+
+
+def regenerated_root(split: str, num: int, config: SyntheticConfig) -> Path:
+    """``cache/regenerated/synthetic-<split>-<num>-<digest of the parameters>``, relative to the working
+    directory: where a synthetic dataset recorded in someone else's store is generated again, since the
+    root that store names is never written to (README "Sharing stores")."""
+    digest = hashlib.sha256(json.dumps(_marker(split, num, config), sort_keys=True).encode()).hexdigest()[:12]
+    return Path("cache") / "regenerated" / f"synthetic-{split}-{int(num)}-{digest}"
 
 
 def ensure_synthetic(root: str | Path, split: str, num: int, config: SyntheticConfig = SyntheticConfig()) -> Path:

@@ -38,13 +38,14 @@ The modules, one concept each:
 - :mod:`.codes`: quantising maps to stored codes (:func:`encode_maps`) and :func:`decode`, the one decoder
   of stored codes;
 - :mod:`.chunks`: a sample's encoded chunks (:func:`encode_sample`) and its :func:`checksum`;
-- :mod:`.shards`: a shard's bytes (assembly, index, direct chunk decompression);
-- :mod:`.core`: the open :class:`Store` and :func:`open_store`; :mod:`.create`: :func:`create_store`.
+- :mod:`.shards`: a shard's bytes (assembly, index, per-chunk CRC32C, direct chunk decompression);
+- :mod:`.core`: the open :class:`Store` and :func:`open_store`, and :class:`DamagedSample`, the error of a
+  read that finds a sample damaged (README "Sharing stores"); :mod:`.create`: :func:`create_store`.
 """
 
 from .chunks import ChunkEncoder, checksum, chunk_encoder, encode_sample
 from .codes import Mirror, crop_sample, decode, decode_table, encode_map, encode_maps, quantise
-from .core import Store, open_store
+from .core import DamagedSample, Store, open_store
 from .create import create_store, looks_like_prn_store
 from .image_codec import ImageCodec
 from .schema import (
@@ -64,7 +65,7 @@ from .schema import (
 
 __all__ = [
     "SCHEMA", "SMALL_CHUNK", "DEFAULT_SHARD_SIZE", "HEATMAP_SCALE", "OFFSET_SCALE", "PROB_SCALE", "IMAGE_CODECS",
-    "ArrayDef", "ImageCodec", "Mirror", "Store", "ChunkEncoder", "schema", "inner_codecs", "open_store",
+    "ArrayDef", "ImageCodec", "Mirror", "Store", "DamagedSample", "ChunkEncoder", "schema", "inner_codecs", "open_store",
     "create_store", "looks_like_prn_store", "encode_maps", "encode_map", "quantise", "encode_sample",
     "chunk_encoder", "decode", "decode_table", "crop_sample", "checksum",
 ]

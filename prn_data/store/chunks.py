@@ -21,6 +21,7 @@ from zarr.storage import MemoryStore
 
 from .codes import encode_map
 from .schema import ZSTD_CODECS, ArrayDef, inner_codecs
+from .shards import crc32c_bytes
 
 
 def checksum(defs: Iterable[ArrayDef], values: Mapping[str, Any]) -> int:
@@ -52,15 +53,15 @@ class ChunkEncoder:
 
     def __init__(self, defs: Iterable[ArrayDef]):
         self._arrays: dict[str, tuple[zarr.Array, MemoryStore, str]] = {}
-        self._direct: dict[str, Zstd] = {}
+        self._direct: dict[str, tuple[Zstd, bool]] = {}
         for d in defs:
             if not d.sharded:
                 continue
             if d.codec in ZSTD_CODECS:
-                self._direct[d.path] = Zstd(level=int(d.codec[-1]), checksum=False)
+                self._direct[d.path] = (Zstd(level=int(d.codec[-1]), checksum=False), d.crc32c)
                 continue
             mem = MemoryStore()
-            serializer, compressors = inner_codecs(d.codec)
+            serializer, compressors = inner_codecs(d.codec, d.crc32c)
             a = zarr.create_array(mem, shape=(1,) + d.shape, chunks=(1,) + d.shape, dtype=d.dtype,
                                   fill_value=d.fill, serializer=serializer, compressors=compressors,
                                   config={"write_empty_chunks": True})
@@ -70,8 +71,11 @@ class ChunkEncoder:
         """The encoded bytes of one sample's chunk of ``path`` (padded, stored dtype)."""
         direct = self._direct.get(path)
         if direct is not None:
-            # plain bytes + zstd: the same bytes zarr's ZstdCodec writes, without its per-call overhead
-            return direct.encode(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<")))
+            # plain bytes + zstd (+ crc32c): the same bytes zarr's ZstdCodec and Crc32cCodec write, without
+            # their per-call overhead (tests/test_integrity.py compares the two byte for byte)
+            zstd, crc = direct
+            blob = zstd.encode(np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<")))
+            return blob + crc32c_bytes(blob) if crc else blob
         a, mem, key = self._arrays[path]
         a[0] = chunk
         return sync(mem.get(key, prototype=default_buffer_prototype())).to_bytes()

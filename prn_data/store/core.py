@@ -11,9 +11,16 @@ Read API (used by ``prn info/show/stats/verify``, evaluation and the training lo
     store.failures                        # samples the last build could not make (index, file, error)
 
 Reading a map goes around zarr's codec pipeline when the array has exactly the layout written here
-(:func:`~prn_data.store.shards.direct_layout`, checked per array): a read-only handle caches each shard's
+(:func:`~prn_data.store.shards.shard_layout`, checked per array): a read-only handle caches each shard's
 index after one suffix read, then reads a sample's chunk with one range request and decompresses it straight
-into its destination. Through zarr, a sample cost ~3× as much CPU, and ``read_batch``'s former integer-array
+into its destination.
+
+Every read of a done sample is checked (README "Sharing stores"): each chunk's CRC32C (the ``crc32c`` codec
+of a store built with per-chunk checksums; ~25 GB/s, so well under 1 % of a training read,
+``benchmarks/loader.py``), that no chunk of it is missing (a missing shard or an empty slot is damage, not
+fill values), and, when a whole sample is read or the store predates per-chunk checksums, the sample's
+stored ``checksum`` over all its chunks and values. A failure is a :class:`DamagedSample` naming the store,
+the sample, its image id and the array. Through zarr, a sample cost ~3× as much CPU, and ``read_batch``'s former integer-array
 (orthogonal) selection was ~30× slower than per-sample reads: it fetched only the right bytes, but
 zarr-python 3.1 filled a shard-sized intermediate buffer (peak memory 67 → 750 MB for two ``base/semantic``
 samples of a 2-sample store).
@@ -42,8 +49,29 @@ from ..records import CategorySet
 from .chunks import checksum
 from .codes import crop_sample, decode
 from .schema import SCHEMA, SMALL_CHUNK, ArrayDef, schema
-from .shards import (NO_CHUNK, assemble_shard, decompress_into, direct_layout, index_nbytes, parse_index,
-                     parse_shard, shard_key)
+from .shards import (NO_CHUNK, ChunkError, Layout, assemble_shard, check_crc32c, decompress_into,
+                     ends_with_crc32c, index_nbytes, parse_index, parse_shard, shard_key, shard_layout)
+
+#: What zarr's codecs raise for a chunk that does not decode (a CRC32C mismatch is a ValueError).
+_DECODE_ERRORS = (ValueError, RuntimeError, TypeError)
+
+
+class DamagedSample(StoreError):
+    """A done sample that cannot be read as it was written: a chunk that fails its CRC32C or does not
+    decode, a missing chunk or shard, or a sample checksum that does not match. ``array`` is ``None``
+    when the damage cannot be pinned to one array (a sample checksum mismatch)."""
+
+    def __init__(self, url: str, index: int, image_id: str | None, array: str | None, problem: str):
+        self.url, self.index, self.image_id, self.array, self.problem = url, int(index), image_id, array, problem
+        who = f"sample {self.index} (image id {image_id})" if image_id else f"sample {self.index}"
+        super().__init__(f"{url}: {who}" + (f", array {array}" if array else "") + f": {problem}")
+
+    def __reduce__(self):  # picklable with its fields (a DataLoader worker hands it to the trainer)
+        return type(self), (self.url, self.index, self.image_id, self.array, self.problem)
+
+    def to_json(self) -> dict:
+        """``{"index", "image_id", "array", "reason"}`` (what ``prn train --skip-bad`` logs)."""
+        return {"index": self.index, "image_id": self.image_id, "array": self.array, "reason": self.problem}
 
 
 class Store:
@@ -60,19 +88,24 @@ class Store:
         self.canvas: tuple[int, int] = tuple(int(v) for v in self.attrs["canvas"])
         self.shard_size = int(self.attrs["shard_size"])
         self.has_base = bool(self.attrs.get("base") not in (None, "none"))
+        #: Built with a CRC32C at the end of every chunk (root attribute ``chunk_checksum``); an older store
+        #: has none, and its reads check the sample checksum instead. A resumed build writes what it has.
+        self.crc32c = self.attrs.get("chunk_checksum") == "crc32c"
         self.defs: dict[str, ArrayDef] = {
             d.path: d for d in schema(self.canvas, len(self.categories), self.has_base,
                                       small_weight=self.attrs["target_params"]["small_instance_weight"],
-                                      image_codec=self.attrs["image_codec"])}
+                                      image_codec=self.attrs["image_codec"], crc32c=self.crc32c)}
         self._arrays: dict[str, zarr.Array] = {}
         self._sizes: np.ndarray | None = None
         # Read-only handles cache what a training reader asks for again and again: each shard's chunk
         # index (one small suffix read per shard and array, then one range read per chunk) and blocks of
         # the small per-sample arrays. A handle open for writing caches nothing (the build rewrites both).
         self._index_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._small_cache: dict[tuple[str, int], np.ndarray] = {}
-        # per map array: None = read through zarr, else the direct layout with (True) or without zstd
-        self._direct: dict[str, bool | None] = {}
+        self._small_cache: dict[tuple[str, int], tuple[np.ndarray, bool]] = {}
+        # per array, from its metadata: a map array's shard layout; whether a small array's chunks end
+        # with a CRC32C
+        self._layouts: dict[str, Layout] = {}
+        self._crc: dict[str, bool] = {}
 
     # -- basic facts
     def __len__(self) -> int:
@@ -93,14 +126,23 @@ class Store:
     @property
     def done(self) -> np.ndarray:
         """``(N,) bool``: samples completely written."""
-        return np.asarray(self.array("done")[:], dtype=bool)
+        return np.asarray(self.values("done"), dtype=bool)
 
     @property
     def sizes(self) -> np.ndarray:
         """``(N, 2) int32`` valid ``(h, w)`` per sample (read once)."""
         if self._sizes is None or self.mode != "r":
-            self._sizes = np.asarray(self.array("size")[:], dtype=np.int32)
+            self._sizes = np.asarray(self.values("size"), dtype=np.int32)
         return self._sizes
+
+    def values(self, path: str) -> np.ndarray:
+        """Every value of small array ``path`` (e.g. ``image_id``); a chunk that fails its CRC32C or does not
+        decode is a :class:`StoreError` naming the array and its samples."""
+        a = self.array(path)
+        try:
+            return np.asarray(a[:])
+        except _DECODE_ERRORS as exc:
+            raise StoreError(f"{self.url}: array {path}: a damaged chunk ({type(exc).__name__}: {exc})") from None
 
     @property
     def failures(self) -> list[dict]:
@@ -128,14 +170,15 @@ class Store:
         out = self.read_codes(i, [p for p in paths if self.defs[p].sharded])
         for p in paths:
             if not self.defs[p].sharded:
-                out[p] = self._small(p, i)
+                out[p] = self.read_value(p, i)
         return {p: out[p] for p in paths}
 
     def read_sample(self, i: int, crop: bool = True, arrays: Iterable[str] | None = None) -> dict[str, Any]:
         """Sample ``i`` decoded to the in-memory dtypes (module table). ``crop=False`` keeps the canvas.
 
         ``arrays`` restricts the read to some paths (``size`` is always read). Reading a sample whose
-        ``done`` is False raises :class:`StoreError`.
+        ``done`` is False raises :class:`StoreError`; a damaged or missing chunk :class:`DamagedSample`.
+        Without ``arrays`` (the whole sample) its stored ``checksum`` is checked too.
         """
         i = self._check_index(i)
         want = [p for p in dict.fromkeys(["size", *(arrays or self.defs)]) if p != "done"]
@@ -144,99 +187,209 @@ class Store:
                 raise StoreError(f"{self.url}: no array {p!r} in this store")
         if not self.is_done(i):
             raise StoreError(f"{self.url}: sample {i} is not done (build incomplete or failed)")
-        raw = self.read_codes(i, [p for p in want if self.defs[p].sharded])
-        out = {}
-        for p in want:
-            d = self.defs[p]
-            out[p] = decode(d, raw[p] if d.sharded else self._small(p, i))
+        maps = [p for p in want if self.defs[p].sharded]
+        raw = self._codes(i, maps, {}, whole=arrays is None, small=[p for p in want if p not in maps])
+        out = {p: self._decode(i, p, raw[p] if p in raw else self.read_value(p, i)) for p in want}
         if crop:
             out = crop_sample(out, out["size"])
         return out
 
     def is_done(self, i: int) -> bool:
         """Whether sample ``i`` is completely written (a cached True stays True; False is re-read)."""
-        return bool(self._small("done", i))
+        return bool(self.read_value("done", i))
+
+    def read_value(self, path: str, i: int) -> Any:
+        """Sample ``i``'s value of small array ``path`` (``size``, ``image_id``, ``gt/segments`` …, as stored),
+        checked as :meth:`_small` says; read-only handles read and keep whole chunks."""
+        return self._small(path, self._check_index(i))
+
+    def _block(self, path: str, block: int, j: int) -> tuple[np.ndarray, bool]:
+        """Values of chunk ``block`` of small array ``path`` and whether the chunk is missing (zarr then
+        reads fill values; only a store whose small arrays write every chunk, those with a CRC32C, is asked).
+        Read-only handles keep both, except that a ``done`` chunk is read again while its value ``j`` is
+        False. A chunk that fails its CRC32C or does not decode raises a :class:`ChunkError`."""
+        hit = self._small_cache.get((path, block)) if self.mode == "r" else None
+        if hit is not None and not (path == "done" and not hit[0][j]):
+            return hit
+        d = self.defs[path]
+        try:
+            vals = np.asarray(self.array(path)[block * SMALL_CHUNK : (block + 1) * SMALL_CHUNK])
+        except _DECODE_ERRORS as exc:
+            raise ChunkError(f"damaged chunk ({type(exc).__name__}: {exc})") from None
+        missing = False
+        if path != "done" and self._has_crc(path):
+            fill = np.asarray(d.fill, dtype=object if d.dtype == "str" else d.dtype)
+            if bool(np.all(vals == fill)):  # all fill values: the chunk may be missing (rare: check)
+                missing = not sync(self.zstore.exists(f"{path}/c/{block}" + "/0" * len(d.shape)))
+        if self.mode == "r":
+            self._small_cache[(path, block)] = (vals, missing)
+        return vals, missing
 
     def _small(self, path: str, i: int) -> Any:
-        """Value ``i`` of a small (unsharded) array; read-only handles read and keep whole chunks."""
-        if self.mode != "r":
-            return self.array(path)[i]
-        block = i // SMALL_CHUNK
-        vals = self._small_cache.get((path, block))
-        if vals is None or (path == "done" and not vals[i - block * SMALL_CHUNK]):
-            a = self.array(path)
-            vals = self._small_cache[(path, block)] = np.asarray(a[block * SMALL_CHUNK : (block + 1) * SMALL_CHUNK])
-        return vals[i - block * SMALL_CHUNK]
+        """Value ``i`` of a small (unsharded) array, checked: its chunk's CRC32C, and for a done sample of a
+        store whose small arrays write every chunk (those with a CRC32C), that the chunk exists."""
+        block, j = divmod(i, SMALL_CHUNK)
+        try:
+            vals, missing = self._block(path, block, j)
+        except ChunkError as exc:
+            raise self._damaged(i, path, str(exc)) from None
+        if missing and self.is_done(i):
+            raise self._damaged(i, path, f"chunk {path}/c/{block} is missing")
+        return vals[j]
+
+    def _has_crc(self, path: str) -> bool:
+        """Whether ``path``'s chunks end with a CRC32C (from the array's metadata, not the attributes)."""
+        if path not in self._crc:
+            if self.defs[path].sharded:
+                self._crc[path] = self._layout(path).crc32c
+            else:
+                self._crc[path] = ends_with_crc32c(self.array(path))
+        return self._crc[path]
+
+    def _layout(self, path: str) -> Layout:
+        """How ``path``'s chunks are stored (:func:`~prn_data.store.shards.shard_layout`; checked once per
+        array). A map array not sharded as prn shards them is a :class:`StoreError`."""
+        if path not in self._layouts:
+            lay = shard_layout(self.array(path), self.defs[path], self.shard_size)
+            if lay is None:
+                raise StoreError(f"{self.url}: array {path} is not stored as a prn store's map arrays are "
+                                 f"(one sample per chunk, {self.shard_size} per shard, shard index at the end)")
+            self._layouts[path] = lay
+        return self._layouts[path]
 
     def _is_direct(self, path: str) -> bool:
-        """Whether ``path``'s chunks can be read without zarr's codec pipeline
-        (:func:`~prn_data.store.shards.direct_layout`; checked once per array)."""
-        if path not in self._direct:
-            self._direct[path] = direct_layout(self.array(path), self.defs[path], self.shard_size)
-        return self._direct[path] is not None
+        """Whether ``path``'s chunks are read without zarr's codec pipeline."""
+        return self._layout(path).direct
+
+    def image_id(self, i: int) -> str | None:
+        """Sample ``i``'s image id for messages, or ``None`` when it cannot be read."""
+        try:
+            block, j = divmod(i, SMALL_CHUNK)
+            return str(self._block("image_id", block, j)[0][j]) or None
+        except Exception:  # a message about damage must not fail on more damage
+            return None
+
+    def _damaged(self, i: int, path: str | None, problem: str) -> DamagedSample:
+        return DamagedSample(self.url, i, self.image_id(i), path, problem)
+
+    def _decode(self, i: int, path: str, raw: Any) -> Any:
+        """:func:`decode` of sample ``i``'s stored ``raw`` value of ``path``; a JSON value that does not parse
+        is a :class:`DamagedSample`."""
+        try:
+            return decode(self.defs[path], raw)
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise self._damaged(i, path, f"value does not decode ({exc})") from None
 
     def read_codes(self, i: int, paths: Sequence[str], out: Mapping[str, np.ndarray] | None = None
                    ) -> dict[str, np.ndarray]:
         """Stored values (quantised dtypes, padded canvas) of sample ``i``'s map arrays ``paths``.
 
         The fast path for training: per array one range read of the chunk (shard indices are cached by a
-        read-only handle) and one zstd decompression straight into the result — no whole-shard reads and
-        none of zarr's per-call buffers. ``out[path]`` (C-contiguous, the array's per-sample shape and
-        stored dtype) is filled in place when given, e.g. a slice of a batch. Arrays written with other
-        codecs (the image codec, Blosc) go through zarr. Returns ``{path: array}``.
+        read-only handle), its CRC32C checked, and one zstd decompression straight into the result — no
+        whole-shard reads and none of zarr's per-call buffers. ``out[path]`` (C-contiguous, the array's
+        per-sample shape and stored dtype) is filled in place when given, e.g. a slice of a batch. Arrays
+        written with other codecs (the image codec, Blosc) are decoded by zarr. An empty slot reads as the
+        fill value for a sample that is not done; for a done sample it is a :class:`DamagedSample`, as is a
+        damaged chunk. Returns ``{path: array}``.
         """
         i = self._check_index(i)
-        out = dict(out or {})
+        return self._codes(i, list(paths), dict(out or {}))
+
+    def _codes(self, i: int, paths: list[str], out: dict[str, np.ndarray], *, whole: bool = False,
+               small: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """:meth:`read_codes`; the sample checksum is checked too when ``whole`` (every array is being read)
+        or when an array read (``paths``, or the small arrays ``small`` the caller reads) has no CRC32C."""
+        blobs = self._fetch(i, paths)
         res: dict[str, np.ndarray] = {}
-        direct = [p for p in paths if self._is_direct(p)]
+        done: bool | None = None
         for p in paths:
-            if p not in direct:
-                v = np.asarray(self.array(p)[i])
-                if p in out:
-                    out[p][...] = v
-                    v = out[p]
-                res[p] = v
-        if not direct:
-            return res
+            d, lay, blob = self.defs[p], self._layout(p), blobs[p]
+            dst = out.get(p)
+            if blob is None:
+                done = self.is_done(i) if done is None else done
+                if done:
+                    raise self._damaged(i, p, "chunk missing (its shard file or its slot in the shard is gone)")
+                if dst is None:
+                    dst = np.empty(d.shape, dtype=d.dtype)
+                dst[...] = d.fill  # a sample not (yet) written reads as the fill value, as zarr does
+                res[p] = dst
+                continue
+            try:
+                payload = check_crc32c(blob) if lay.crc32c else blob
+                if lay.direct:
+                    if dst is None:
+                        dst = np.empty(d.shape, dtype=d.dtype)
+                    decompress_into(payload, dst, lay.zstd)
+                else:  # zarr's codec pipeline (it checks the CRC32C again, and reads the chunk again)
+                    v = np.asarray(self.array(p)[i])
+                    if dst is not None:
+                        dst[...] = v
+                    dst = v if dst is None else dst
+            except ChunkError as exc:
+                raise self._damaged(i, p, str(exc)) from None
+            except _DECODE_ERRORS as exc:
+                raise self._damaged(i, p, f"damaged chunk ({type(exc).__name__}: {exc})") from None
+            res[p] = dst
+        if whole or not all(self._has_crc(p) for p in (*paths, *small)):
+            if done is None:
+                done = self.is_done(i)
+            if done:
+                self._check_sample(i, blobs)
+        return res
+
+    def _fetch(self, i: int, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """The encoded bytes of sample ``i``'s chunk of each map array in ``paths`` (``None`` for a missing
+        shard or an empty slot): one suffix read per shard index not yet cached, then one range read per
+        chunk, all concurrent."""
+        if not paths:
+            return {}
         S, shard, slot = self.shard_size, i // self.shard_size, i % self.shard_size
         proto = default_buffer_prototype()
-        keys = {p: shard_key(p, shard, len(self.defs[p].shape)) for p in direct}
-        need = [p for p in direct if (p, shard) not in self._index_cache]
+        keys = {p: shard_key(p, shard, len(self.defs[p].shape)) for p in paths}
+        need = [p for p in paths if (p, shard) not in self._index_cache]
 
         async def gather(reqs: list[tuple[str, RangeByteRequest | SuffixByteRequest]]) -> list:
             return await asyncio.gather(*(self.zstore.get(k, prototype=proto, byte_range=r) for k, r in reqs))
 
-        index: dict[str, np.ndarray | None] = {p: self._index_cache.get((p, shard)) for p in direct}
+        index: dict[str, np.ndarray | None] = {p: self._index_cache.get((p, shard)) for p in paths}
         if need:
             tails = sync(gather([(keys[p], SuffixByteRequest(index_nbytes(S))) for p in need]))
             for p, tail in zip(need, tails):
-                index[p] = None if tail is None else parse_index(tail.to_bytes(), S, keys[p])
+                try:
+                    index[p] = None if tail is None else parse_index(tail.to_bytes(), S)
+                except ChunkError as exc:
+                    raise self._damaged(i, p, f"{keys[p]}: {exc}") from None
                 if tail is not None and self.mode == "r":
                     self._index_cache[(p, shard)] = index[p]
         spans = {}
-        for p in direct:
+        for p in paths:
             ix = index[p]
             if ix is not None and int(ix[slot, 0]) != NO_CHUNK:
                 off, nb = int(ix[slot, 0]), int(ix[slot, 1])
                 spans[p] = RangeByteRequest(off, off + nb)
-        blobs = dict(zip(spans, sync(gather([(keys[p], r) for p, r in spans.items()])))) if spans else {}
-        for p in direct:
-            d = self.defs[p]
-            dst = out.get(p)
-            if dst is None:
-                dst = np.empty(d.shape, dtype=d.dtype)
-            blob = blobs.get(p)
-            if blob is None:  # an empty slot reads as the fill value, as zarr does
-                dst[...] = d.fill
-            else:
-                decompress_into(blob.to_bytes(), dst, bool(self._direct[p]), keys[p])
-            res[p] = dst
-        return res
+        got = dict(zip(spans, sync(gather([(keys[p], r) for p, r in spans.items()])))) if spans else {}
+        return {p: (None if got.get(p) is None else got[p].to_bytes()) for p in paths}
+
+    def _check_sample(self, i: int, blobs: Mapping[str, bytes | None]) -> None:
+        """Compare done sample ``i``'s stored ``checksum`` with the one of its stored chunks (``blobs``, the
+        others fetched) and values; a :class:`DamagedSample` when they differ."""
+        rest = [p for p in self.map_paths if p not in blobs]
+        values: dict[str, Any] = dict(blobs) | self._fetch(i, rest)
+        for p, d in self.defs.items():
+            if not d.sharded and p not in ("done", "checksum"):
+                values[p] = self._small(p, i)
+        if checksum(self.defs.values(), values) != int(self._small("checksum", i)):
+            why = ("its arrays differ from what was written (sample checksum mismatch; this store has no "
+                   "per-chunk checksums to tell which array: rebuild it to get them)") if not self.crc32c else (
+                   "its arrays differ from what was written (sample checksum mismatch: a chunk or value was "
+                   "replaced after the build)")
+            raise self._damaged(i, None, why)
 
     def read_batch(self, indices: Sequence[int], arrays: Iterable[str] | None = None) -> dict[str, Any]:
         """Samples ``indices`` on the padded canvas, stacked: ``(B, ...)`` decoded arrays, lists for strings
         and segments. Each sample's chunks are read alone (one range read per chunk, never a whole shard)
-        and decompressed into the stacked array; decoding to floats is one pass over the batch."""
+        and decompressed into the stacked array; decoding to floats is one pass over the batch. Checked as
+        :meth:`read_sample` checks a sample."""
         idx = [self._check_index(i) for i in indices]
         bad = [i for i in idx if not self.is_done(i)]
         if bad:
@@ -246,18 +399,19 @@ class Store:
             if p not in self.defs:
                 raise StoreError(f"{self.url}: no array {p!r} in this store")
         maps = [p for p in paths if self.defs[p].sharded]
+        small = [p for p in paths if p not in maps]
         stacked = {p: np.empty((len(idx),) + self.defs[p].shape, dtype=self.defs[p].dtype) for p in maps}
         for b, i in enumerate(idx):
-            self.read_codes(i, maps, out={p: stacked[p][b] for p in maps})
+            self._codes(i, maps, {p: stacked[p][b] for p in maps}, whole=arrays is None, small=small)
         out: dict[str, Any] = {}
         for p in paths:
             d = self.defs[p]
             if d.sharded:
                 out[p] = decode(d, stacked[p], batched=True)
             elif d.encoding in ("json", "str"):
-                out[p] = [decode(d, self._small(p, i)) for i in idx]
+                out[p] = [self._decode(i, p, self.read_value(p, i)) for i in idx]
             else:
-                out[p] = decode(d, np.stack([np.asarray(self._small(p, i)) for i in idx]), batched=True)
+                out[p] = decode(d, np.stack([np.asarray(self.read_value(p, i)) for i in idx]), batched=True)
         return out
 
     def chunk_bytes(self, path: str, i: int) -> bytes | None:
@@ -331,7 +485,10 @@ class Store:
             d = self.defs[p]
             vals = [m[p] for m in meta]
             arr = np.asarray([str(v) for v in vals], dtype=object) if d.dtype == "str" else np.asarray(vals, dtype=d.dtype)
-            self.array(p).set_orthogonal_selection((idx,) + (slice(None),) * len(d.shape), arr)
+            # every chunk is written, even one of fill values only ("[]" segments): a reader then knows a
+            # missing chunk of a done sample for damage
+            self.array(p).with_config({"write_empty_chunks": True}).set_orthogonal_selection(
+                (idx,) + (slice(None),) * len(d.shape), arr)
         self.array("done").set_orthogonal_selection((idx,), np.ones(len(idx), dtype=bool))
 
     def set_attrs(self, **values: Any) -> None:
@@ -359,6 +516,8 @@ def open_store(url: str | Path, mode: str = "r") -> Store:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             group = zarr.open_group(zstore, mode=mode, zarr_format=3, use_consolidated=None if mode == "r" else False)
+    except StoreError:  # a remote store that did not answer (prn_data.location names the URL and the key)
+        raise
     except Exception as exc:
         raise StoreError(f"{url}: not a prn store (no Zarr v3 group: {type(exc).__name__})") from None
     version = group.attrs.get("prn_schema")

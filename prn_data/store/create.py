@@ -12,6 +12,12 @@ where the issues were silent").
 Every array carries ``dimension_names`` and an ``encoding`` attribute (``raw``, ``scale`` with
 ``scale``, ``lut`` with ``lut``, ``json`` or ``str``) so that other readers can decode without this package;
 ``xarray.open_zarr(url)`` (root) and ``xarray.open_zarr(url, group="gt")`` open it.
+
+Every chunk, of the map arrays (inside their shards) and of the small arrays, ends with zarr's ``crc32c``
+codec: the CRC32C of its compressed bytes, which :class:`~prn_data.store.core.Store` checks on every read
+and any zarr reader checks too (root attribute ``chunk_checksum: "crc32c"``; README "Sharing stores").
+The small arrays write every chunk, even one of fill values only (``write_empty_chunks``), so a missing
+chunk is always damage.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 import zarr
+import zarr.codecs as zc
 from zarr.core.sync import sync
 
 from ..errors import StoreError
@@ -33,11 +40,12 @@ from .schema import DEFAULT_SHARD_SIZE, IMAGE_CODECS, SCHEMA, SMALL_CHUNK, Array
 
 def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories: CategorySet, attrs: Mapping,
                  has_base: bool, shard_size: int = DEFAULT_SHARD_SIZE, image_codec: str = "zstd",
-                 small_weight: float = 3.0, overwrite: bool = False) -> Store:
+                 small_weight: float = 3.0, overwrite: bool = False, crc32c: bool = True) -> Store:
     """Create an empty store of ``n`` samples (every ``done`` False) and return it open for writing.
 
     ``attrs`` are extra root attributes (dataset, split, policy, target params, base …). An existing
-    store at ``url`` is an error unless ``overwrite``.
+    store at ``url`` is an error unless ``overwrite``. ``crc32c=False`` makes the layout of a store built
+    before per-chunk checksums (no ``crc32c`` codec; for tests that old stores still read).
     """
     url = str(url)
     if canvas[0] % 4 or canvas[1] % 4:
@@ -62,10 +70,11 @@ def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories
         "categories": categories.to_json(),
         "num_classes": len(categories),
         "failures": [],
-    }
+    } | ({"chunk_checksum": "crc32c"} if crc32c else {})
     # prn_schema goes in last: a creation cut short leaves a group that is not (yet) a prn store
     group = zarr.create_group(zstore, zarr_format=3, overwrite=overwrite, attributes={"prn_creating": True})
-    for d in schema(canvas, len(categories), has_base, small_weight=small_weight, image_codec=image_codec):
+    for d in schema(canvas, len(categories), has_base, small_weight=small_weight, image_codec=image_codec,
+                    crc32c=crc32c):
         create_array(group, d, n, shard_size)
     group.attrs.put(root_attrs)
     return Store(url, group, zstore, "r+")
@@ -86,14 +95,16 @@ def create_array(group: zarr.Group, d: ArrayDef, n: int, shard_size: int) -> zar
     """Array ``d`` of ``n`` samples in ``group``: a sharded map (one sample per chunk, ``shard_size`` per
     shard, ``d``'s codec) or a small per-sample array (:data:`SMALL_CHUNK` samples per chunk)."""
     dims = ("sample",) + d.dims
-    if d.dtype == "str":
+    crc = (zc.Crc32cCodec(),) if d.crc32c else ()
+    if d.dtype == "str":  # zarr's default compressor for strings (zstd level 0), then the checksum
         return group.create_array(d.path, shape=(n,), chunks=(SMALL_CHUNK,), dtype=str, fill_value=d.fill,
-                                  dimension_names=dims, attributes=d.attrs())
+                                  dimension_names=dims, attributes=d.attrs(),
+                                  compressors=(zc.ZstdCodec(level=0),) + crc)
     if not d.sharded:
         return group.create_array(d.path, shape=(n,) + d.shape, chunks=(SMALL_CHUNK,) + d.shape, dtype=d.dtype,
                                   fill_value=d.fill, dimension_names=dims, attributes=d.attrs(),
-                                  compressors=inner_codecs("zstd3")[1])
-    serializer, compressors = inner_codecs(d.codec)
+                                  compressors=inner_codecs("zstd3", d.crc32c)[1])
+    serializer, compressors = inner_codecs(d.codec, d.crc32c)
     return group.create_array(d.path, shape=(n,) + d.shape, chunks=(1,) + d.shape,
                               shards=(shard_size,) + d.shape, dtype=d.dtype, fill_value=d.fill,
                               dimension_names=dims, attributes=d.attrs(), serializer=serializer,

@@ -7,7 +7,7 @@ fixed canvas and chunked one sample per chunk inside shards; the small per-sampl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zarr.codecs as zc
 from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec
@@ -41,6 +41,9 @@ class ArrayDef:
     lut: tuple[float, ...] | None = None
     sharded: bool = True
     codec: str = "zstd1"
+    #: Whether each chunk ends with zarr's ``crc32c`` codec (every array of a store built since per-chunk
+    #: checksums; root attribute ``chunk_checksum``). An old store's arrays have none.
+    crc32c: bool = True
 
     @property
     def ndim(self) -> int:
@@ -56,8 +59,9 @@ class ArrayDef:
 
 
 def schema(canvas: tuple[int, int], num_classes: int, has_base: bool, *, small_weight: float = 3.0,
-           image_codec: str = "zstd") -> list[ArrayDef]:
-    """The arrays of a store with the given canvas ``(H, W)`` (multiples of 4) and class count."""
+           image_codec: str = "zstd", crc32c: bool = True) -> list[ArrayDef]:
+    """The arrays of a store with the given canvas ``(H, W)`` (multiples of 4) and class count; ``crc32c``
+    False describes a store built before per-chunk checksums."""
     H, W = canvas
     hw, yx = (H, W), ("height", "width")
     off_dtype = "int16" if max(H, W) < 2048 else "int32"  # int16 at 1/16 px holds |offset| ≤ 2047 px
@@ -91,23 +95,26 @@ def schema(canvas: tuple[int, int], num_classes: int, has_base: bool, *, small_w
             ArrayDef("base/panoptic", hw, yx, "int32", fill=VOID),
             ArrayDef("base/segments", (), (), "str", fill="[]", encoding="json", sharded=False),
         ]
-    return defs
+    return defs if crc32c else [replace(d, crc32c=False) for d in defs]
 
 
-def inner_codecs(codec: str) -> tuple[ArrayBytesCodec | str, tuple[BytesBytesCodec, ...]]:
-    """``(serializer, compressors)`` of a named inner codec (choices measured in benchmarks/build.py):
+def inner_codecs(codec: str, crc32c: bool = False) -> tuple[ArrayBytesCodec | str, tuple[BytesBytesCodec, ...]]:
+    """``(serializer, compressors)`` of a named inner codec (choices measured in benchmarks/build.py),
+    followed by zarr's ``crc32c`` codec when ``crc32c`` (README "Sharing stores": each chunk then ends with
+    the CRC32C of its compressed bytes, checked by every reader, zarr's included):
 
     ``zstd1``: zstd level 1, the default (on these maps as small as level 3, or smaller, and 2–5× faster);
     ``zstd3``: zstd level 3 (``base/semantic``: 16 % smaller than level 1); ``blosc-zstd``, ``blosc-lz4``:
     Blosc byte-shuffle (larger here); ``jpeg``: lossy JPEG (quality 90) of an RGB image chunk; ``jpegxl``:
     lossless JPEG XL of it (:class:`~prn_data.store.image_codec.ImageCodec`).
     """
+    crc: tuple[BytesBytesCodec, ...] = (zc.Crc32cCodec(),) if crc32c else ()
     if codec in ZSTD_CODECS:
-        return "auto", (zc.ZstdCodec(level=int(codec[-1])),)
+        return "auto", (zc.ZstdCodec(level=int(codec[-1])),) + crc
     if codec == "blosc-zstd":
-        return "auto", (zc.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+        return "auto", (zc.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),) + crc
     if codec == "blosc-lz4":
-        return "auto", (zc.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+        return "auto", (zc.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),) + crc
     if codec in ("jpeg", "jpegxl"):
-        return ImageCodec(format=codec, quality=90), ()
+        return ImageCodec(format=codec, quality=90), crc
     raise StoreError(f"unknown codec {codec!r}; choose one of zstd1, zstd3, zstd9, blosc-zstd, blosc-lz4, jpeg")

@@ -10,6 +10,7 @@ from .app import app
 # Each module registers its commands on `app`, after the data commands.
 from . import train as _train  # noqa: F401,E402
 from . import evaluate as _evaluate  # noqa: F401,E402
+from . import refine as _refine  # noqa: F401,E402
 from . import demo as _demo  # noqa: F401,E402
 
 

@@ -30,11 +30,13 @@ def evaluate(
     """Score the base network and PRN over STORE (PQ / SQ / RQ / PQ_th / PQ_st) and print them side by side."""
     from prn_data.store import open_store
 
+    from ..devices import resolve_device
     from ..evaluate import default_postprocess_config, evaluate_store, format_comparison
     from ..ppgbf import GROUPINGS
 
     if grouping not in GROUPINGS:
         raise typer.BadParameter(f"--grouping must be one of {', '.join(GROUPINGS)}")
+    resolve_device(device)  # an unknown or absent device is an error before any work, --base-only too
     cfg = replace(default_postprocess_config(open_store(store).attrs), grouping=grouping)
     if stuff_area is not None:
         cfg = replace(cfg, stuff_area=stuff_area)

@@ -17,15 +17,19 @@ def train(
     config: Path = typer.Argument(..., help="Training configuration (YAML), e.g. workflows/demo.yaml."),
     store: Optional[str] = typer.Option(None, "--store", help="Training store: folder, .zip or URL."),
     val_store: Optional[str] = typer.Option(None, "--val-store", help="Validation store (periodic PQ / loss)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (config, checkpoints, metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (config, checkpoints, metrics.jsonl): new or "
+                                     "empty, or a prn run's with --resume."),
     iters: Optional[int] = typer.Option(None, "--iters", min=0, help="Total iterations (cosine schedule length)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the run folder, "
+                              "with the run's settings."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch (split over torchrun processes)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, sampling and augmentation."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Replace a damaged sample by the next readable one "
+                                  "and log it (console, skipped.jsonl) instead of stopping."),
 ) -> None:
     """Train PRN on STORE as CONFIG says; every option overrides the config file."""
     from ..config import load_config, override
@@ -46,6 +50,7 @@ def train(
             "optim.lr": lr,
             "seed": seed,
             "compile": compile,
+            "data.skip_bad": True if skip_bad else None,  # the config's data.skip_bad otherwise
         },
     )
     if cfg.out is None:
