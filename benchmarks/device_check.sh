@@ -6,7 +6,8 @@
 #   run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=540)   # the device tool
 #
 # Writes one log per step under $OUT (the device tool brings them back): env, postprocess (PPGBF + merge
-# at 640×800 and 1024×2048), model (forward + backward, fp32 batch 1 and bf16 batch 16 at 640×800),
+# at 640×800 and 1024×2048, then at 1 and 2 CPU threads idle and under a busy load: prn evaluate's thread
+# default), loader (the COCO-size store read by 0..8 DataLoader workers, samples/s and per worker), model (forward + backward, fp32 batch 1 and bf16 batch 16 at 640×800),
 # demo (the whole `prn demo` with training and evaluation on the GPU, 8 loader workers) and predict
 # (prn evaluate's loop, reader thread against none). A step that fails is logged and the next one runs.
 # A dry run on the CPU with small sizes: `DEVICE=cpu QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh`.
@@ -48,11 +49,14 @@ prn() { $PY -c "from prn_model.cli import main; main()" "$@"; }
 
 if [ "$QUICK" = 1 ]; then
   step postprocess $PY benchmarks/postprocess.py --device "$DEVICE" --no-reference --repeat 2 --size 160 192 --centers 10
+  step loader $PY benchmarks/loader.py --batches 2 --fly-batches 1 --repeats 1 --workers 1 --integrity-repeats 0
   step model $PY benchmarks/model.py --device "$DEVICE" --depths 18 --iters 1 --warmup 1 --no-compile --size 128 160 --bf16-batch 0
-  DEMO_ARGS=(--train-images 16 --val-images 8 --iters 20 --coco-limit 1)
+  DEMO_ARGS=(--train-images 16 --val-images 8 --test-images 8 --iters 20 --coco-limit 1)
 else
   step postprocess $PY benchmarks/postprocess.py --device "$DEVICE" --no-reference --repeat 50
-  step postprocess $PY benchmarks/postprocess.py --device "$DEVICE" --no-reference --repeat 20 --size 1024 2048 --centers 200 --classes 19
+  step postprocess $PY benchmarks/postprocess.py --device "$DEVICE" --no-reference --repeat 20 --size 1024 2048 --centers 200 --classes 19 --no-oversubscription
+  step postprocess $PY benchmarks/postprocess.py --device cpu --no-reference --repeat 10 --busy 8
+  step loader $PY benchmarks/loader.py --batches 20 --workers 0 1 2 8 --integrity-repeats 0
   step model $PY benchmarks/model.py --device "$DEVICE" --depths 50 --iters 5 --warmup 2 --no-compile --bf16-batch 16
   DEMO_ARGS=()
 fi

@@ -22,10 +22,14 @@ Two ways to produce the same training samples (padded canvas, flip + GridMask, c
    is not counted (no on-the-fly loader would; the simulator is not a network).
 
 The headline figures are **CPU time per sample** with 0 workers (``time.process_time`` with
-``torch.set_num_threads(1)``, median of ``--repeats`` runs): CPU time does not depend on what else the
-shared machine runs, and it is what bounds samples/s per worker. Wall-clock samples/s for 0, 1, 2 workers
-(``forkserver``, collate in the worker; first batch untimed) follow, with the ratio at equal worker
-counts; on a loaded machine those are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
+``torch.set_num_threads(1)``, median of ``--repeats`` runs): CPU time depends little on what else the
+shared machine runs, and it is what bounds samples/s per worker. Then real ``DataLoader`` workers
+(``forkserver``, one thread each, collate in the worker; first batch untimed; the consumer reads every page of
+each batch, as a copy to a GPU would) for each ``--workers`` count: wall-clock samples/s and samples/s per
+worker by the workers' own CPU time (``/proc``), for the store (both decodes) and the on-the-fly way, and the
+same store path with every batch in fresh shared memory (``before``: torch's default, before reusable slabs,
+README "Parallelism") run alternately in the same process; with the ratios to the on-the-fly way. On a
+loaded machine the wall-clock figures are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
 (README "Performance").
 
 **Read-integrity cost** (README "Sharing stores"): the same store read with the per-read checks (each
@@ -129,23 +133,52 @@ def cpu_per_sample(dataset, batch_size: int, batches: int, repeats: int) -> tupl
     return float(np.median(runs)), float(np.min(runs))
 
 
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by processes ``pids`` (Linux ``/proc``; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def measure(dataset, batch_size: int, workers: int, batches: int) -> tuple[float, float]:
-    """``(samples/s, CPU ms per sample of this process)`` over ``batches`` batches after one untimed
-    warm-up batch (the CPU figure covers all the work only when ``workers == 0``)."""
+    """``(samples/s, CPU ms per sample of the workers)`` over ``batches`` batches after one untimed warm-up
+    batch; the consumer touches every page of each batch, as a copy to a GPU would. With ``workers == 0`` the
+    CPU figure is this process's (it does all the work); with workers it is theirs (what bounds samples/s per
+    worker, whatever else the machine runs), read from ``/proc``."""
     from prn_model.data import make_loader
     from prn_model.sampler import TrainSampler
 
     loader = make_loader(dataset, batch_size, TrainSampler(len(dataset), seed=0), num_workers=workers)
     it = iter(loader)
     next(it)
-    t0, c0 = time.perf_counter(), time.process_time()
+    pids = getattr(loader, "worker_pids", []) if workers else [os.getpid()]
+    t0, c0 = time.perf_counter(), process_cpu(pids)
     for _ in range(batches):
         b = next(it)
         assert b["image"].shape[0] == batch_size
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    del it
+        for v in b.values():
+            if hasattr(v, "view"):
+                v.view(-1)[:: 4096 // v.element_size()].sum()  # one read per page
+    dt, cpu = time.perf_counter() - t0, process_cpu(pids) - c0
+    del it, b
     n = batches * batch_size
     return n / dt, 1000 * cpu / n
+
+
+@contextlib.contextmanager
+def fresh_memory(dataset):
+    """The loader before reusable slabs (the baseline of the worker rows): every batch in fresh memory, and a
+    worker's batch in fresh shared memory, one block per tensor, as torch's default collate makes it."""
+    dataset.reuse_memory = False
+    try:
+        yield
+    finally:
+        dataset.reuse_memory = True
 
 
 @contextlib.contextmanager
@@ -269,6 +302,10 @@ def main() -> None:
         fly_med, fly_min = cpu_per_sample(fly_ds, args.batch_size, args.fly_batches, args.repeats)
         st_med, st_min = cpu_per_sample(store_ds, args.batch_size, args.batches, args.repeats)
         dv_med, dv_min = cpu_per_sample(coded_ds, args.batch_size, args.batches, args.repeats)
+        with fresh_memory(store_ds):
+            st0_med, st0_min = cpu_per_sample(store_ds, args.batch_size, args.batches, args.repeats)
+        with fresh_memory(coded_ds):
+            dv0_med, dv0_min = cpu_per_sample(coded_ds, args.batch_size, args.batches, args.repeats)
         batch = collate([coded_ds[k] for k in range(args.batch_size)])
         c0 = time.process_time()
         for _ in range(args.repeats):
@@ -280,20 +317,33 @@ def main() -> None:
               f"→ {1000 / st_med:.0f} samples/s per worker")
         print(f"  store, decode: device        {dv_med:7.1f} | {dv_min:7.1f}   ratio ×{fly_med / dv_med:.1f} "
               f"→ {1000 / dv_med:.0f} samples/s per worker")
+        print(f"  before (fresh memory per batch): decode: loader {st0_med:.1f} | {st0_min:.1f} → ×{st0_med / st_med:.2f} "
+              f"now; decode: device {dv0_med:.1f} | {dv0_min:.1f} → ×{dv0_med / dv_med:.2f} now")
         print(f"    + decoding those codes on the trainer's CPU: {dec:.1f} ms per sample (1 thread) → "
               f"×{fly_med / (dv_med + dec):.1f} even when the trainer has no GPU")
 
-        # 2. wall clock with DataLoader workers (noisy on a shared machine)
+        # 2. with DataLoader workers: wall clock (noisy on a shared machine) and the workers' CPU per sample
         if args.workers:
-            print(f"\nwall clock, forkserver workers, load average {os.getloadavg()[0]:.1f}:")
-            print(f"{'workers':>7} {'store s/s':>10} {'per worker':>10} {'device s/s':>10} {'on-the-fly s/s':>15} "
-                  f"{'ratio':>7}")
+            print(f"\nDataLoader workers (forkserver, 1 thread each), {args.batches} batches of {args.batch_size} "
+                  f"(on the fly: {args.fly_batches}), load average {os.getloadavg()[0]:.1f} on "
+                  f"{os.cpu_count()} cores; samples/s wall clock | per worker by the workers' CPU time "
+                  f"(1000 / CPU ms per sample); 'before': every batch in fresh shared memory (torch's default)")
+            print(f"{'workers':>7} {'store':>15} {'store before':>15} {'device':>15} {'device before':>15} "
+                  f"{'on the fly':>15}  store/fly (wall | CPU)")
         for w in args.workers:
-            s, _ = measure(store_ds, args.batch_size, w, args.batches)
-            d, _ = measure(coded_ds, args.batch_size, w, args.batches)
-            f, _ = measure(fly_ds, args.batch_size, w, args.fly_batches)
-            print(f"{w:>7} {s:>10.1f} {s / max(w, 1):>10.1f} {d:>10.1f} {f:>15.2f} {s / f:>6.1f}×", flush=True)
+            s, s_cpu = measure(store_ds, args.batch_size, w, args.batches)
+            with fresh_memory(store_ds):
+                s0, s0_cpu = measure(store_ds, args.batch_size, w, args.batches)
+            d, d_cpu = measure(coded_ds, args.batch_size, w, args.batches)
+            with fresh_memory(coded_ds):
+                d0, d0_cpu = measure(coded_ds, args.batch_size, w, args.batches)
+            f, f_cpu = measure(fly_ds, args.batch_size, w, args.fly_batches)
 
+            def cell(rate: float, cpu: float) -> str:
+                return f"{rate:6.1f} | {1000 / cpu if cpu else float('nan'):5.1f}"
+
+            print(f"{w:>7} {cell(s, s_cpu):>15} {cell(s0, s0_cpu):>15} {cell(d, d_cpu):>15} {cell(d0, d0_cpu):>15} "
+                  f"{cell(f, f_cpu):>15}  ×{s / f:.1f} | ×{f_cpu / s_cpu:.1f}", flush=True)
 
 if __name__ == "__main__":
     main()

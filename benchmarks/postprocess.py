@@ -13,13 +13,21 @@ box gate and the fallback search do real work. Timed on the same tensors:
   distance tensor over all pixels followed by an argmin (grouping only, no merge).
 
 Usage: ``python benchmarks/postprocess.py [--centers 100] [--classes 133] [--device cpu|cuda]
-[--threads 1] [--repeat 10] [--no-reference]``. Prints ms per image and the ratios.
+[--threads 1] [--repeat 10] [--no-reference] [--busy N] [--no-oversubscription]``. Prints ms per image and
+the ratios.
+
+Then **thread oversubscription** (README "Parallelism"): ``ppgbf+merge`` wall ms per image at 1 and 2 torch
+threads and at the default of ``prn evaluate`` / ``prn refine`` (:func:`prn_model.devices.resolve_threads`),
+first on the machine as it is, then while ``--busy`` processes (default: one per core) spin on the CPU —
+started by this script and killed at its end. Each is the median of ``--repeat`` interleaved rounds, with its
+ratio to the one-thread figure under the same load. Goal: the default never worse than one thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -123,6 +131,48 @@ def timed(fn, repeat: int, sync) -> tuple[float, float]:
     return (time.perf_counter() - w0) / repeat * 1000, (time.process_time() - c0) / repeat * 1000
 
 
+def busy_processes(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that spin on the CPU until killed (the concurrent load of the oversubscription rows)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def oversubscription(outputs, cats, repeat: int, busy: int, sync) -> None:
+    """Print ``ppgbf+merge`` wall ms per image at 1 and 2 threads and at prn's default, idle and under ``busy``
+    spinning processes; rounds interleaved (one call per thread count per round), medians."""
+    from prn_model.devices import resolve_threads
+
+    default = resolve_threads()
+    counts = sorted({1, 2, default})
+    cfg = PostProcessConfig(stuff_area=2048, semantic_upsample="bilinear", grouping="ppgbf")
+    before = torch.get_num_threads()
+    print(f"\nthread oversubscription: ppgbf+merge (bilinear semantic), wall ms per image, median of {repeat} "
+          f"interleaved rounds; prn's default = {default} thread(s)")
+    for load in (0, busy):
+        procs = busy_processes(load)
+        try:
+            times: dict[int, list[float]] = {n: [] for n in counts}
+            for n in counts:  # warm-up: each count's thread pool and first-touch memory
+                torch.set_num_threads(n)
+                postprocess(outputs, cats, cfg)
+            for _ in range(repeat):
+                for n in counts:
+                    torch.set_num_threads(n)
+                    t0 = time.perf_counter()
+                    postprocess(outputs, cats, cfg)
+                    sync()
+                    times[n].append(1000 * (time.perf_counter() - t0))
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        med = {n: float(np.median(v)) for n, v in times.items()}
+        where = "no added load" if load == 0 else f"+{load} busy process(es)"
+        cells = "   ".join(f"{n} thread(s) {med[n]:7.1f} ms (×{med[n] / med[1]:.2f})" for n in counts)
+        print(f"  {where:28s} {cells}   load average {os.getloadavg()[0]:.1f}")
+        print(f"  {'':28s} default ({default}) / one thread = {med[default] / med[1]:.2f}")
+    torch.set_num_threads(before)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--centers", type=int, default=100)
@@ -133,6 +183,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the baseline implementation")
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) K x HW reference grouping")
+    ap.add_argument("--busy", type=int, default=os.cpu_count() or 1,
+                    help="spinning processes of the oversubscription rows' concurrent load (default: one per core)")
+    ap.add_argument("--no-oversubscription", action="store_true", help="skip the 1 / 2 threads under load rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -175,6 +228,8 @@ def main() -> None:
         print(f"{name:36s} {wall:9.1f} {cpu:9.1f}  instances={n:4d}{vs}{ref}")
     if ms_ref is not None:
         print(f"{'pdl-reference grouping (K x HW)':36s} {ms_ref[0]:9.1f} {ms_ref[1]:9.1f}  centers={args.centers}")
+    if not args.no_oversubscription:
+        oversubscription(outputs, cats, args.repeat, args.busy, sync)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import re
 import subprocess
 import threading
 import time
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -78,6 +78,9 @@ class BuildConfig:
     policy: ResizePolicy = field(default_factory=ResizePolicy)
     params: TargetParams | None = None  # None: TargetParams()
     image_codec: str = "zstd"
+    #: Options of :func:`prn_data.datasets.open_dataset` (e.g. a synthetic dataset's ``root``, ``min_size``,
+    #: ``max_size``); recorded in the store with the dataset's description.
+    dataset_options: dict = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -343,7 +346,7 @@ def build(cfg: BuildConfig, on_progress: Callable[[int, int, int], None] | None 
     if cfg.out:
         _check_out(cfg.out)  # before the dataset is read (or generated)
     params = cfg.params or TargetParams()
-    dataset = open_dataset(cfg.dataset, cfg.split)
+    dataset = open_dataset(cfg.dataset, cfg.split, **cfg.dataset_options)
     open_base(cfg.base, dataset.categories)  # bad base specs fail before any work
     n = len(dataset) if cfg.limit is None else min(len(dataset), max(0, int(cfg.limit)))
     if n == 0:
@@ -457,7 +460,11 @@ def _run_jobs(store: Store, jobs: Sequence[ShardJob], cfg: BuildConfig, *, total
             if not queue:
                 return
             job = queue.pop(0)
-            samples = [client.submit(compute_sample, job, i, key=f"prn-sample-{i}-{token}", pure=False)
+            # The scheduler keeps each task's arguments until this run's client closes: a sample's task
+            # gets the job without its shard's index lists (256 ints each), so the build's memory grows
+            # by little per sample (benchmarks/scale.py)
+            slim = replace(job, todo=(), keep=())
+            samples = [client.submit(compute_sample, slim, i, key=f"prn-sample-{i}-{token}", pure=False)
                        for i in job.todo]
             w = client.submit(write_shard, job, *samples, key=f"prn-write-{job.shard}-{token}", pure=False,
                               priority=1)

@@ -285,9 +285,15 @@ def _category_info(categories: Categories) -> dict[int, dict]:
 
 def pq_average(stat: PQStat, categories: Categories) -> dict:
     """pq_compute's result: ``All``/``Things``/``Stuff`` → ``{"pq", "sq", "rq", "n"}`` (fractions) and
-    ``per_class`` → ``{category_id: {"pq", "sq", "rq"}}``. An average over no class is 0."""
+    ``per_class`` → ``{category_id: {"pq", "sq", "rq"}}``. An average over no class is 0. Also (beyond
+    panopticapi's form) ``counts`` → ``{category_id: {"tp", "fp", "fn"}}`` for the classes that occur in
+    the ground truth or the predictions (a per-class PQ of 0 is then a miss, not an absent class)."""
     cats = _category_info(categories)
-    results: dict = {}
+    results: dict = {"counts": {}}
+    for cid in cats:
+        tp, fp, fn = stat.tp.get(cid, 0), stat.fp.get(cid, 0), stat.fn.get(cid, 0)
+        if tp + fp + fn:
+            results["counts"][cid] = {"tp": int(tp), "fp": int(fp), "fn": int(fn)}
     for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
         pq = sq = rq = 0.0
         n = 0

@@ -2,8 +2,9 @@
 
 Pure NumPy colouring functions (:func:`flow_to_rgb`, :func:`colorize_ids`, :func:`colorize_semantic`) and a
 matplotlib (Agg, no pyplot) figure drawn from a sample dict as :meth:`prn_data.store.Store.read_sample`
-returns it. The figure is a fixed grid of square panels, so its pixel size is known in advance:
-``(GRID_COLS * PANEL_INCHES * dpi, GRID_ROWS * PANEL_INCHES * dpi)``.
+returns it. The figure is a grid of panels :data:`PANEL_INCHES` wide and as high as the image's aspect
+makes them (:func:`figure_size_px`), laid out by matplotlib's constrained layout. :func:`draw_panels` draws
+any such grid (``prn_model.vis`` draws predictions with it).
 """
 
 from __future__ import annotations
@@ -119,10 +120,53 @@ def heat_over_image(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.round(out * 255).astype(np.uint8)
 
 
+# ---------------------------------------------------------------------------------------------- scales
+def shared_limits(*arrays: np.ndarray | None, percentile: float = 99.0) -> tuple[float, float]:
+    """One ``(vmin, vmax)`` colour scale for several maps, so equal colours mean equal values (e.g. the
+    ground truth's and the base network's box offsets): ``vmin`` the smallest value (at most 0), ``vmax``
+    the ``percentile`` (linear interpolation) of the non-zero values of all maps together — not the
+    maximum, so one huge segment does not wash out all others — and always above ``vmin`` (``(0, 1)`` for
+    maps with no non-zero value). ``None`` maps and non-finite values are skipped."""
+    vals = [np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None]
+    allv = np.concatenate(vals) if vals else np.zeros(0)
+    allv = allv[np.isfinite(allv)]
+    lo = min(0.0, float(allv.min())) if allv.size else 0.0
+    nz = allv[allv != 0]
+    hi = float(np.percentile(nz, percentile)) if nz.size else 1.0
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def segment_labels(panoptic: np.ndarray, segments: Sequence[Any], categories: CategorySet | None,
+                   min_fraction: float = 0.005) -> list[tuple[float, float, str]]:
+    """Text labels of a panoptic map: ``(y, x, class name)`` for every segment covering at least
+    ``min_fraction`` of the image, placed on the segment's pixel nearest its centroid (so the label sits
+    on the segment even for a ring or an L shape). ``segments``: dicts (``id``, ``category_id``) or
+    :class:`~prn_data.records.Segment`; names from ``categories`` (else ``class <id>``)."""
+    pan = np.asarray(panoptic)
+    names = {c.id: c.name for c in categories} if categories is not None else {}
+    out = []
+    for seg in segments:
+        sid = int(seg["id"] if isinstance(seg, Mapping) else seg.id)
+        cid = int(seg["category_id"] if isinstance(seg, Mapping) else seg.category_id)
+        ys, xs = np.nonzero(pan == sid)
+        if ys.size == 0 or ys.size < min_fraction * pan.size:
+            continue
+        cy, cx = ys.mean(), xs.mean()
+        k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+        out.append((float(ys[k]), float(xs[k]), names.get(cid, f"class {cid}")))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- figure
-#: What a panel shows: an RGB image, or a tagged ``("map", array)`` scalar map, ``("legend", [(name, rgb)])``
-#: or ``("text", str)``.
-PanelContent = Union[np.ndarray, tuple[str, np.ndarray], tuple[str, list[tuple[str, np.ndarray]]], tuple[str, str]]
+#: What a panel shows: an RGB image; ``("map", array[, options])`` a scalar map with a colour bar
+#: (options: ``vmin``, ``vmax``, ``cmap``); ``("labels", rgb, [(y, x, text)])`` an RGB image with text
+#: labels; ``("legend", [(name, rgb)])``; or ``("text", str)``.
+PanelContent = Union[np.ndarray, tuple]
+
+TITLE_INCHES = 0.3  # a panel's title line
+ASPECT_RANGE = (0.25, 4.0)  # height / width of a panel, clamped (a 1×1000 image still gets a usable cell)
 
 
 def _hw(x: np.ndarray) -> np.ndarray:
@@ -131,25 +175,38 @@ def _hw(x: np.ndarray) -> np.ndarray:
     return x[0] if x.ndim == 3 and x.shape[0] == 1 else x
 
 
-def figure_size_px(dpi: int = DEFAULT_DPI) -> tuple[int, int]:
-    """``(width, height)`` in pixels of the PNG :func:`draw_sample` writes."""
-    return (round(GRID_COLS * PANEL_INCHES * dpi), round(GRID_ROWS * PANEL_INCHES * dpi))
+def figure_inches(size: tuple[int, int], rows: int = GRID_ROWS, cols: int = GRID_COLS) -> tuple[float, float]:
+    """``(width, height)`` in inches of a ``rows × cols`` grid of panels showing an image of ``size (h, w)``:
+    each panel :data:`PANEL_INCHES` wide and as high as the image's aspect makes it (clamped to
+    :data:`ASPECT_RANGE`), plus a title line — so a wide image gets a wide figure, not empty bands."""
+    h, w = size
+    aspect = min(max(h / max(w, 1), ASPECT_RANGE[0]), ASPECT_RANGE[1])
+    return cols * PANEL_INCHES, rows * (PANEL_INCHES * aspect + TITLE_INCHES)
 
 
-def panel_boxes(dpi: int = DEFAULT_DPI) -> list[tuple[int, int, int, int]]:
-    """Pixel boxes ``(x0, y0, x1, y1)`` of the grid cells, row-major (the PNG is cut into these)."""
-    w, h = figure_size_px(dpi)
-    cw, ch = w / GRID_COLS, h / GRID_ROWS
+def figure_size_px(size: tuple[int, int], dpi: int = DEFAULT_DPI, rows: int = GRID_ROWS,
+                   cols: int = GRID_COLS) -> tuple[int, int]:
+    """``(width, height)`` in pixels of the PNG :func:`draw_sample` (``rows × cols`` panels) writes for an
+    image of ``size (h, w)``."""
+    w, h = figure_inches(size, rows, cols)
+    return (int(w * dpi), int(h * dpi))
+
+
+def panel_boxes(size: tuple[int, int], dpi: int = DEFAULT_DPI, rows: int = GRID_ROWS,
+                cols: int = GRID_COLS) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes ``(x0, y0, x1, y1)`` of the grid's cells, row-major: the figure cut evenly (matplotlib
+    lays the panels out inside, so a box holds its panel and at most a sliver of its neighbours')."""
+    w, h = figure_size_px(size, dpi, rows, cols)
+    cw, ch = w / cols, h / rows
     return [
         (round(c * cw), round(r * ch), round((c + 1) * cw), round((r + 1) * ch))
-        for r in range(GRID_ROWS)
-        for c in range(GRID_COLS)
+        for r in range(rows)
+        for c in range(cols)
     ]
 
 
 def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[tuple[str, PanelContent]]:
-    """The 20 panels, row-major: ``(title, content)`` with content an RGB image, a ``("map", array)``
-    scalar map, ``("legend", [(name, rgb)])`` or ``("text", str)``."""
+    """The 20 panels, row-major: ``(title, content)`` (:data:`PanelContent`)."""
     image = np.asarray(sample["image"])
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"sample image must be (3, h, w), got {image.shape}")
@@ -164,20 +221,7 @@ def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[t
         base_semantic_labels(np.asarray(sample["base/semantic"]), (h, w)) if "base/semantic" in sample else None
     )
     inst = np.asarray(sample["base/instance"]) if "base/instance" in sample else None
-
-    # Legend: classes covering at least 0.1 % of the image in either map, largest first, at most 24.
-    area = np.zeros(256, dtype=np.int64)
-    for lab in (gt_sem, base_sem):
-        if lab is not None:
-            area = np.maximum(area, np.bincount(lab.ravel(), minlength=256))
-    area[IGNORE_LABEL] = 0
-    present = [int(t) for t in np.argsort(-area, kind="stable") if area[t] > 0 and area[t] >= 1e-3 * h * w]
-    legend = []
-    for t in present[:LEGEND_MAX]:
-        name = categories[t].name if categories is not None and t < len(categories) else f"class {t}"
-        legend.append((name, pal[t]))
-    if len(present) > LEGEND_MAX:
-        legend.append((f"+{len(present) - LEGEND_MAX} more", np.array([255, 255, 255])))
+    legend = semantic_legend([gt_sem, base_sem], categories, pal)
 
     panels: list[tuple[str, PanelContent]] = [
         ("image", img),
@@ -191,24 +235,111 @@ def _panels(sample: Mapping[str, Any], categories: CategorySet | None) -> list[t
     ]
     gt_off = np.asarray(sample["gt/center_offset"], dtype=np.float32)
     base_off = inst[1:3] if inst is not None else None
-    # One scale for both offset panels, so equal colours mean equal offsets; the 99th percentile of the
-    # non-zero lengths rather than the maximum, so one huge segment does not wash out all the others.
-    norms = [np.hypot(*o) for o in (gt_off, base_off) if o is not None]
-    nz = np.concatenate([n[n > 0] for n in norms])
-    r = float(np.percentile(nz, 99)) if nz.size else 1.0
+    # One scale for both offset panels, so equal colours mean equal offsets (see shared_limits).
+    r = shared_limits(*(np.hypot(*o) for o in (gt_off, base_off) if o is not None))[1]
     panels += [
         (f"GT center offsets (saturates at {r:.0f} px)", flow_to_rgb(gt_off, r)),
         ("base center offsets", flow_to_rgb(base_off, r) if base_off is not None else missing),
-        ("GT foreground", ("map", _hw(sample["gt/foreground"]).astype(np.float32))),
+        ("GT foreground", ("map", _hw(sample["gt/foreground"]).astype(np.float32), {"vmin": 0.0, "vmax": 1.0})),
         ("offset colour wheel", flow_wheel()),
     ]
     gt_box = np.asarray(sample["gt/box_offset"], dtype=np.float32)
-    panels += [(f"GT box offset: {n}", ("map", gt_box[k])) for k, n in enumerate(BOX_CHANNELS)]
-    if inst is not None:
-        panels += [(f"base box offset: {n}", ("map", inst[3 + k])) for k, n in enumerate(BOX_CHANNELS)]
+    base_box = inst[3:7] if inst is not None else None
+    # One colour scale for all eight box-offset panels (px), so GT and base compare channel by channel.
+    lo, hi = shared_limits(gt_box, base_box)
+    box_opts = {"vmin": lo, "vmax": hi}
+    panels += [(f"GT box offset: {n} (px)", ("map", gt_box[k], box_opts)) for k, n in enumerate(BOX_CHANNELS)]
+    if base_box is not None:
+        panels += [(f"base box offset: {n} (px)", ("map", base_box[k], box_opts)) for k, n in enumerate(BOX_CHANNELS)]
     else:
         panels += [(f"base box offset: {n}", missing) for n in BOX_CHANNELS]
     return panels
+
+
+def semantic_legend(label_maps: Sequence[np.ndarray | None], categories: CategorySet | None, pal: np.ndarray,
+                    limit: int = LEGEND_MAX) -> list[tuple[str, np.ndarray]]:
+    """Legend entries ``(name, rgb)`` of the classes covering at least 0.1 % of the image in any of the
+    ``(h, w)`` train-id maps, largest first, at most ``limit`` (then a "+N more" entry)."""
+    area = np.zeros(256, dtype=np.int64)
+    hw = 1
+    for lab in label_maps:
+        if lab is not None:
+            area = np.maximum(area, np.bincount(np.asarray(lab, dtype=np.uint8).ravel(), minlength=256))
+            hw = max(hw, lab.size)
+    area[IGNORE_LABEL] = 0
+    present = [int(t) for t in np.argsort(-area, kind="stable") if area[t] > 0 and area[t] >= 1e-3 * hw]
+    legend = []
+    for t in present[:limit]:
+        name = categories[t].name if categories is not None and t < len(categories) else f"class {t}"
+        legend.append((name, pal[t]))
+    if len(present) > limit:
+        legend.append((f"+{len(present) - limit} more", np.array([255, 255, 255])))
+    return legend
+
+
+def _check_out(out: str | Path) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise PrnError(f"{out}: is a folder; give the PNG's file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrnError(f"{out}: cannot make its folder ({exc.strerror or exc})") from None
+    return out
+
+
+def _draw(ax: Any, fig: Figure, name: str, content: PanelContent) -> None:
+    ax.set_axis_off()
+    ax.set_title(name, fontsize=8, pad=2)
+    kind = content[0] if isinstance(content, tuple) else None
+    if kind == "map":
+        opts = dict(content[2]) if len(content) > 2 else {}
+        im = ax.imshow(content[1], cmap=opts.get("cmap", "viridis"), vmin=opts.get("vmin"), vmax=opts.get("vmax"),
+                       interpolation="nearest")
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, shrink=0.9)
+        cb.ax.tick_params(labelsize=6)
+    elif kind == "labels":
+        ax.imshow(content[1], interpolation="nearest")
+        for y, x, text in content[2]:
+            ax.text(x, y, text, fontsize=6, ha="center", va="center", color="black",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
+    elif kind == "legend":
+        handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="k", label=n) for n, rgb in content[1]]
+        if handles:
+            ax.legend(handles=handles, loc="center", fontsize=6, ncol=1 + (len(handles) - 1) // 13, frameon=False)
+        else:
+            ax.text(0.5, 0.5, "no labelled pixels", ha="center", va="center", fontsize=8)
+    elif kind == "text":
+        ax.text(0.5, 0.5, content[1], ha="center", va="center", fontsize=8, color="0.4")
+    else:
+        ax.imshow(content, interpolation="nearest")
+
+
+def draw_panels(panels: Sequence[tuple[str, PanelContent]], out: str | Path, size: tuple[int, int], *,
+                cols: int, title: str | None = None, dpi: int = DEFAULT_DPI) -> Path:
+    """Draw ``(title, content)`` panels (:data:`PanelContent`) row-major on a grid of ``cols`` columns into
+    the PNG ``out``, sized from the image's ``size (h, w)`` (:func:`figure_inches`) and laid out by
+    matplotlib (constrained layout: titles and colour bars get their room, no fixed margins). Missing
+    parent folders are made; an ``out`` that is a folder, or that cannot be written, raises
+    :class:`~prn_data.errors.PrnError` naming it."""
+    out = _check_out(out)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=figure_inches(size, rows, cols), dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        if k < len(panels):
+            _draw(ax, fig, *panels[k])
+        else:
+            ax.set_axis_off()
+    try:
+        fig.savefig(out, dpi=dpi, format="png")
+    except OSError as exc:
+        raise PrnError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    return out
 
 
 def draw_sample(
@@ -220,50 +351,12 @@ def draw_sample(
     dpi: int = DEFAULT_DPI,
 ) -> Path:
     """Draw ``sample`` (keys as ``Store.read_sample`` returns them; ``base/*`` optional) into the PNG
-    ``out``, a 5×4 grid of panels of :data:`PANEL_INCHES` inches (see :func:`figure_size_px`). Missing
-    parent folders are made; an ``out`` that is a folder, or that cannot be written, raises
-    :class:`~prn_data.errors.PrnError` naming it."""
-    out = Path(out)
-    if out.is_dir():
-        raise PrnError(f"{out}: is a folder; give the PNG's file name")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PrnError(f"{out}: cannot make its folder ({exc.strerror or exc})") from None
+    ``out``: a 5×4 grid of panels :data:`PANEL_INCHES` wide, as high as the image's aspect makes them
+    (:func:`figure_size_px`). Box offsets of GT and base share one colour scale, the foreground's is 0–1.
+    Errors as :func:`draw_panels`."""
     panels = _panels(sample, categories)
-    fig = Figure(figsize=(GRID_COLS * PANEL_INCHES, GRID_ROWS * PANEL_INCHES), dpi=dpi)
-    FigureCanvasAgg(fig)
-    if title:
-        fig.text(0.5, 0.998, title, ha="center", va="top", fontsize=9)
-    cw, ch = 1.0 / GRID_COLS, 1.0 / GRID_ROWS
-    for k, (name, content) in enumerate(panels):
-        r, c = divmod(k, GRID_COLS)
-        # Leave a strip at the top of each cell for its title.
-        is_map = isinstance(content, tuple) and content[0] == "map"
-        # Map panels leave room on the right for their colour bar's tick labels.
-        width = cw - (0.045 if is_map else 0.008)
-        ax = fig.add_axes((c * cw + 0.004, 1 - (r + 1) * ch + 0.004, width, ch - 0.03))
-        ax.set_axis_off()
-        ax.set_title(name, fontsize=8, pad=2)
-        if is_map:
-            im = ax.imshow(content[1], cmap="viridis", interpolation="nearest")
-            cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
-            cb.ax.tick_params(labelsize=6)
-        elif isinstance(content, tuple) and content[0] == "legend":
-            handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="k", label=n) for n, rgb in content[1]]
-            if handles:
-                ax.legend(handles=handles, loc="center", fontsize=6, ncol=1 + (len(handles) - 1) // 13, frameon=False)
-            else:
-                ax.text(0.5, 0.5, "no labelled pixels", ha="center", va="center", fontsize=8)
-        elif isinstance(content, tuple) and content[0] == "text":
-            ax.text(0.5, 0.5, content[1], ha="center", va="center", fontsize=8, color="0.4")
-        else:
-            ax.imshow(content, interpolation="nearest")
-    try:
-        fig.savefig(out, dpi=dpi, format="png")
-    except OSError as exc:
-        raise PrnError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    return out
+    h, w = np.asarray(sample["image"]).shape[1:]
+    return draw_panels(panels, out, (h, w), cols=GRID_COLS, title=title, dpi=dpi)
 
 
 __all__: Sequence[str] = [
@@ -275,7 +368,12 @@ __all__: Sequence[str] = [
     "colorize_semantic",
     "base_semantic_labels",
     "heat_over_image",
+    "shared_limits",
+    "segment_labels",
+    "semantic_legend",
+    "figure_inches",
     "figure_size_px",
     "panel_boxes",
+    "draw_panels",
     "draw_sample",
 ]

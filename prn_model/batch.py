@@ -26,6 +26,7 @@ from prn_data.errors import StoreError
 from prn_data.store import ArrayDef, Mirror, Store, decode, decode_table
 
 from .augment import FLIP_CHANNELS, FULL_RES_KEYS, QUARTER_RES_KEYS, flip_width
+from .slabs import SlabBatch, SlabPool
 
 # The Batch fields: the maps augment.py transforms (full and quarter resolution), then per-sample scalars.
 BATCH_KEYS = FULL_RES_KEYS[:2] + QUARTER_RES_KEYS + FULL_RES_KEYS[2:] + ("size", "index")
@@ -73,6 +74,37 @@ def decode_field(key: str, code: np.ndarray, d: ArrayDef, out: np.ndarray, flip_
     return decode(d, code, out=out, mirror=Mirror(flip_width(key, int(flip_w)), channels, negate))
 
 
+def mirror_field(key: str, code: np.ndarray, out: np.ndarray, flip_w: int) -> np.ndarray:
+    """One sample's stored ``code`` of Batch ``key`` copied into ``out`` (same shape and dtype) with the
+    horizontal flip of a sample of valid width ``flip_w`` applied on the way, exactly as
+    :func:`prn_model.augment.hflip` flips it (int16 codes negate exactly: offsets are within ±2047 px)."""
+    w = flip_width(key, int(flip_w))
+    channels, negate = FLIP_CHANNELS.get(key, (None, ()))
+    src, dst = (code[None], out[None]) if code.ndim == 2 else (code, out)
+    if channels is None:
+        dst[..., w:] = src[..., w:]
+        dst[..., :w] = src[..., w - 1 :: -1] if w > 0 else src[..., :0]
+        return out
+    for k, c in enumerate(channels):
+        dst[k, :, w:] = src[k, :, w:]  # the kept columns stay in their own channel
+        if w > 0:
+            if k in negate:
+                np.negative(src[c, :, w - 1 :: -1], out=dst[k, :, :w])
+            else:
+                dst[k, :, :w] = src[c, :, w - 1 :: -1]
+    return out
+
+
+def apply_flip(sample: dict) -> dict:
+    """A code sample with its pending flip (``_flip``, see :class:`~prn_model.data.StoreDataset`) done."""
+    flip = sample.pop("_flip", None)
+    if flip is not None:
+        for key in CODED:
+            code = np.asarray(sample[key])
+            sample[key] = mirror_field(key, code, np.empty_like(code), int(flip))
+    return sample
+
+
 def decode_sample(sample: dict, spec: DecodeSpec) -> dict:
     """A sample of stored codes (with a pending flip ``_flip``, if any) → float per-sample fields."""
     out = {k: v for k, v in sample.items() if k not in ("codes", "_flip")}
@@ -118,36 +150,46 @@ def _dtype(key: str) -> torch.dtype:
     return torch.int64
 
 
-def collate(samples: list[dict], spec: DecodeSpec | None = None) -> dict[str, torch.Tensor]:
+def collate(samples: list[dict], spec: DecodeSpec | None = None, *, slabs: SlabPool | None = None
+            ) -> dict[str, torch.Tensor] | SlabBatch:
     """Stack per-sample fields into the Batch (dtypes as in the module docstring; samples read with
     ``decode="device"`` keep their stored dtypes and add ``codes``: pass the result to :func:`decode_batch`).
 
     Code samples with ``spec`` (a dataset's decode spec) are decoded while stacking, each straight into its
-    row of the batch tensor: the Batch contract in one pass. Inside a DataLoader worker the batch is
-    written straight into shared memory (as torch's default collate does), so handing it to the main
-    process costs no further copy.
+    row of the batch tensor: the Batch contract in one pass. With ``slabs`` (:func:`prn_model.slabs.pool`)
+    the batch's tensors are views into one reused block of memory (no fresh pages per batch); inside a
+    DataLoader worker that block is shared memory and the result is the :class:`~prn_model.slabs.SlabBatch`
+    to hand to the trainer. Without ``slabs``, inside a worker each tensor is written straight into fresh
+    shared memory (as torch's default collate does), so handing it over costs no further copy.
     """
     in_worker = torch.utils.data.get_worker_info() is not None
     codes = bool(samples[0].get("codes", False))
     decoding = codes and spec is not None
     keep_codes = codes and not decoding
-    out: dict[str, torch.Tensor] = {}
+    layout = []
     for key in BATCH_KEYS + (("codes",) if keep_codes else ()):
         first = np.asarray(samples[0][key])
         if keep_codes and key not in ("size", "index"):
             dtype = torch.from_numpy(first.reshape(-1)[:0]).dtype
         else:
             dtype = _dtype(key)
-        t = _empty((len(samples),) + first.shape, dtype, shared=in_worker)
+        layout.append((key, dtype, (len(samples),) + first.shape))
+    shipped = None
+    if slabs is not None:
+        out, shipped = slabs.take(layout, ship=in_worker)
+    else:
+        out = {key: _empty(shape, dtype, shared=in_worker) for key, dtype, shape in layout}
+    for key, t in out.items():
         # NumPy copies on one thread: torch's parallel copy spins on a loaded machine for no gain here.
         buf = t.numpy()
         for i, s in enumerate(samples):
             if decoding and key in CODED:
                 decode_field(key, np.asarray(s[key]), spec[key], buf[i], s.get("_flip"))
+            elif key in CODED and s.get("_flip") is not None:  # codes kept: flipped on the way in
+                mirror_field(key, np.asarray(s[key]), buf[i], s["_flip"])
             else:
                 buf[i] = s[key]
-        out[key] = t
-    return out
+    return out if shipped is None else shipped
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:

@@ -150,11 +150,12 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return files[-1] if files else None
 
 
-RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "val.jsonl", "skipped.jsonl", "checkpoints", "model.pt"})
+RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "val.jsonl", "skipped.jsonl", "checkpoints", "model.pt",
+                       "log.txt", "tensorboard"})
 """What the trainer writes in a run folder; it creates ``config.yaml`` and ``checkpoints/`` first."""
 
 RUNTIME_SETTINGS = frozenset({
-    "out", "device", "compile", "channels_last", "deterministic", "log_every", "checkpoint_every",
+    "out", "device", "compile", "channels_last", "deterministic", "log_every", "tensorboard", "checkpoint_every",
     "keep_checkpoints", "val_every", "val_limit", "data.val_store", "data.num_workers", "data.mp_context",
     "data.prefetch_factor", "data.decode", "data.skip_bad",
 })

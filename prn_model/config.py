@@ -9,6 +9,9 @@ no string is read as a number or a boolean (``channels_last: "no"`` is an error,
 integer, and floats must be finite. Unknown keys are errors too, so a typo never silently falls back to a
 default. Each problem is one line naming the file and the key: ``file: key: expected <type>, got <value>``.
 The check is generic over the dataclasses' fields and type hints, so a new field is checked as it is typed.
+
+A file may inherit from others (``_base_: coco.yaml``) and ``--set KEY=VALUE`` overrides any key
+(:mod:`prn_model.config_loading`); both go through the same check.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +29,12 @@ from typing import Any
 import pydantic
 import yaml
 
-from prn_data.errors import PrnError
-
 from .augment import AugmentConfig, GridMaskConfig
+from .config_loading import ConfigError, near_keys, parse_assignments, read_config_tree, set_dotted
 from .devices import DEVICE_SPEC
 from .loss import LossWeights
 from .network import PRNConfig
-
-
-class ConfigError(PrnError):
-    """A training configuration file is unreadable or has unknown or ill-typed fields."""
+from .ppgbf import PostProcessConfig
 
 
 @dataclass
@@ -82,6 +81,8 @@ class TrainConfig:
 
     model: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
+    # PostProcessConfig fields (§3.5: box_iou, box_gate, grouping …) for validation and `prn evaluate`
+    postprocess: dict = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -92,7 +93,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC model and inputs (CUDA and CPU)
     compile: bool = False
     out: str | None = None
-    log_every: int = 10
+    log_every: int = 10  # steps per metrics.jsonl / log.txt line (and plain stdout line off a terminal)
+    tensorboard: bool = False  # also log every figure to RUN/tensorboard (needs the tensorboard extra)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3  # newest training checkpoints kept in the run folder (0 = all)
     val_every: int = 0  # 0 = validate only at the end (when the trainer is given a validation)
@@ -113,10 +115,12 @@ def _plain(x: Any) -> Any:
 
 
 # Mappings kept as dicts in TrainConfig but checked against the dataclass they become: ``model`` (every
-# PRNConfig field but num_classes, which comes from the store) and ``loss`` (LossWeights).
+# PRNConfig field but num_classes, which comes from the store), ``loss`` (LossWeights) and ``postprocess``
+# (PostProcessConfig; unset fields keep the store's defaults, see prn_model.evaluate.postprocess_config).
 _PASSED_THROUGH: dict[tuple[type, str], tuple[type, frozenset[str]]] = {
     (TrainConfig, "model"): (PRNConfig, frozenset({"num_classes"})),
     (TrainConfig, "loss"): (LossWeights, frozenset()),
+    (TrainConfig, "postprocess"): (PostProcessConfig, frozenset()),
 }
 
 _LEAF_CONFIG = pydantic.ConfigDict(strict=True, allow_inf_nan=False)
@@ -280,30 +284,44 @@ def _did_you_mean(unknown: list, known: list[str], prefix: str) -> str:
     return f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML reads it, but ``1e-3`` and ``1.0e3`` are numbers, as in YAML 1.2 and JSON
-    (PyYAML alone reads them as strings, which the strict check would then refuse)."""
+def load_config(path: str | Path, sets: Iterable[str] = ()) -> TrainConfig:
+    """Read a YAML training configuration with its ``_base_`` files merged in, then the dotted ``sets``
+    (``["optim.lr=0.01"]``) applied (:mod:`prn_model.config_loading`); every file's values and every set
+    value is checked (:func:`validate_config`); errors name the file (or ``--set``) and the key."""
+    d = read_config_tree(path, check=validate_config)
+    cfg = validate_config(d, str(path))
+    return apply_sets(cfg, sets) if sets else cfg
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+def dotted_keys(cls: type | None = None) -> list[str]:
+    """Every settable key of a :class:`TrainConfig`, dotted (``optim.lr``, ``augment.gridmask.prob``,
+    ``model.depth``), for ``--set`` and its suggestions."""
+    cls = TrainConfig if cls is None else cls
+    keys = []
+    for name, hint in _hints(cls).items():
+        keys.append(name)
+        passed = _PASSED_THROUGH.get((cls, name))
+        if passed is not None:
+            keys += [f"{name}.{k}" for k in _hints(passed[0]) if k not in passed[1]]
+        elif _dataclass_of(hint) is not None:
+            keys += [f"{name}.{k}" for k in dotted_keys(_dataclass_of(hint))]
+    return keys
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a YAML training configuration; errors name the file and the problem."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    try:
-        d = yaml.load(text, Loader=_Loader) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
-    return validate_config(d, str(p))
+def apply_sets(cfg: TrainConfig, sets: Iterable[str], source: str = "--set") -> TrainConfig:
+    """``cfg`` with dotted ``KEY=VALUE`` assignments applied (values read as YAML) and the result checked
+    like a file (:func:`validate_config`, errors named ``--set: key: ...``). An unknown key is one line that
+    names it and lists the nearest known keys."""
+    assignments = parse_assignments(sets, source)
+    known = dotted_keys()
+    d = cfg.to_dict()
+    for key, value in assignments.items():
+        if key not in known:
+            near = near_keys(key, known)
+            hint = f" (did you mean {', '.join(near)}?)" if near else " (see `prn train --help`)"
+            raise ConfigError(f"{source}: unknown key {key}{hint}")
+        set_dotted(d, key, value)
+    return validate_config(d, source)
 
 
 def override(cfg: TrainConfig, **changes: Any) -> TrainConfig:
@@ -356,6 +374,10 @@ def _check_values(cfg: TrainConfig) -> list[str]:
     if cfg.data.prefetch_factor < 1:
         problems.append("data.prefetch_factor must be ≥ 1")
     problems += [f"loss.{k} must be ≥ 0, not {v}" for k, v in cfg.loss.items() if v < 0]
+    try:
+        PostProcessConfig(**cfg.postprocess)
+    except ValueError as exc:
+        problems.append(f"postprocess: {exc}")
     return problems
 
 
@@ -366,7 +388,9 @@ __all__ = [
     "GridMaskConfig",
     "OptimConfig",
     "TrainConfig",
+    "apply_sets",
     "config_from_dict",
+    "dotted_keys",
     "load_config",
     "override",
     "save_config",

@@ -17,7 +17,9 @@ cached shard indices), augmented *as codes* (a flip negates int16 codes exactly 
 floats), and decoded once, by :func:`~prn_model.batch.collate` through the store's decoder, straight into
 the batch tensors: no per-sample float arrays, no second copy. :func:`make_loader` hands a whole batch of
 keys to the dataset (``ds[[k0, k1, …]]`` is the collated Batch), so a worker does exactly this; ``ds[k]``
-still gives one sample's fields as NumPy (floats unless ``decode="device"``).
+still gives one sample's fields as NumPy (floats unless ``decode="device"``). The batch is written into a
+reused block of memory (:mod:`prn_model.slabs`; fresh pages cost more than the read itself), which a worker
+ships to the trainer as one shared slab and gets back once the trainer holds no tensor of it.
 
 Sampling keys (:class:`~prn_model.sampler.TrainSampler`): ``key = epoch · n + i`` (``i`` indexes the
 ``done`` samples), and the augmentation generator is seeded with ``(seed, epoch, i)``; so what a sample
@@ -43,8 +45,9 @@ from prn_data.errors import StoreError
 from prn_data.store import DamagedSample, Store, open_store
 
 from .augment import AugmentConfig, augment, gridmask, hflip
-from .batch import CODED, WEIGHT_KEYS, collate, decode_sample, store_decode_spec
-from .devices import ExitWithProcess
+from .batch import CODED, WEIGHT_KEYS, apply_flip, collate, decode_sample, store_decode_spec
+from .devices import LoaderWorkerInit
+from .slabs import POOL_SIZE, Receiver, SlabBatch, pool
 
 # Store array paths read for training (README "The store (Zarr v3)"); everything else is left on disk.
 STORE_KEYS = (
@@ -153,6 +156,9 @@ class StoreDataset(Dataset):
         self.seed = int(seed)
         self.decode = decode
         self.skip_bad = bool(skip_bad)
+        #: Collate batches into this process's reusable slabs (prn_model.slabs); False: fresh memory per batch
+        #: (torch's way, the baseline of benchmarks/loader.py).
+        self.reuse_memory = True
         store = self.opener()
         try:
             #: Batch key → the store's definition of its array: how collate and decode_batch decode codes.
@@ -205,15 +211,16 @@ class StoreDataset(Dataset):
     def _coded(self, key: int) -> dict:
         """Sample ``key`` as stored codes, augmented (module docstring). Augmenting codes equals augmenting
         their floats: a flip moves values and negates int16 codes (never −32768: offsets are within
-        ±2047 px), GridMask touches only the uint8 image. With ``decode="loader"`` and no crop, the flip of
-        the big coded maps is left pending (``_flip``) and done by the decode, in the same pass."""
+        ±2047 px), GridMask touches only the uint8 image. Without a crop, the flip of the big coded maps is left
+        pending (``_flip``) and done on the way into the batch (by the decode, or by the copy of the codes:
+        :func:`~prn_model.batch.mirror_field`), in the same pass."""
         epoch, i = divmod(int(key), len(self.indices))
         sample = self.read(i, codes=True)
         cfg = self.augment_cfg
         if cfg is None:
             return sample
         rng = np.random.default_rng([self.seed, epoch, i])
-        if self.decode == "device" or cfg.crop is not None:
+        if cfg.crop is not None:
             return augment(sample, cfg, rng)
         # augment()'s order and draws (crop, flip, GridMask), with the flip of the CODED maps deferred;
         # test_device_decode_gives_bit_identical_batches checks it against augment() itself.
@@ -259,12 +266,16 @@ class StoreDataset(Dataset):
                 if torch.utils.data.get_worker_info() is None:
                     raise
                 return {"_error": exc}  # torch would re-raise it in the trainer as a traceback text
-            batch = collate(samples, None if self.decode == "device" else self._spec)
+            batch = collate(samples, None if self.decode == "device" else self._spec,
+                            slabs=pool() if self.reuse_memory else None)
             if skipped:
-                batch["_skipped"] = skipped
+                if isinstance(batch, SlabBatch):
+                    batch.extra["_skipped"] = skipped
+                else:
+                    batch["_skipped"] = skipped
             return batch
         sample = self._coded_or_next(key, skipped)
-        return sample if self.decode == "device" else decode_sample(sample, self._spec)
+        return apply_flip(sample) if self.decode == "device" else decode_sample(sample, self._spec)
 
 
 def _close(store: Store) -> None:
@@ -283,7 +294,16 @@ class _StoreLoader(DataLoader):
     main process as itself (the batch carries it as ``"_error"``), so it stays a one-line error."""
 
     def __iter__(self):
-        for batch in super().__iter__():
+        # a worker's batch arrives as a SlabBatch: its slab goes back to the worker once the trainer holds
+        # no tensor of it (prn_model.slabs)
+        receiver = Receiver(keep=POOL_SIZE * max(1, self.num_workers))
+        inner = super().__iter__()
+        #: this iteration's worker processes (benchmarks/loader.py reads their CPU time)
+        self.worker_pids = [w.pid for w in getattr(inner, "_workers", [])]
+        for batch in inner:
+            receiver.poll()
+            if isinstance(batch, SlabBatch):
+                batch = receiver.open(batch)
             error = batch.get("_error") if isinstance(batch, dict) else None
             if error is not None:
                 raise error
@@ -292,7 +312,7 @@ class _StoreLoader(DataLoader):
 
 def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None = None, *,
                 num_workers: int = 0, mp_context: str | None = "forkserver", pin_memory: bool = False,
-                prefetch_factor: int = 2) -> DataLoader:
+                prefetch_factor: int = 2, worker_threads: int = 1) -> DataLoader:
     """A DataLoader over ``dataset`` with :func:`~prn_model.batch.collate`; workers start from ``mp_context``
     (``forkserver`` by default, ``None`` for the platform default) and collate inside the worker.
 
@@ -301,7 +321,8 @@ def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None 
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
-        kwargs["worker_init_fn"] = ExitWithProcess(os.getpid())  # workers never outlive this process
+        # workers never outlive this process, and run torch at worker_threads intra-op threads each
+        kwargs["worker_init_fn"] = LoaderWorkerInit(os.getpid(), worker_threads)
         if mp_context:
             kwargs["multiprocessing_context"] = mp_context
     inner = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
@@ -310,7 +331,7 @@ def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None 
                                drop_last=False)
         return _StoreLoader(dataset, batch_size=None, sampler=batches, num_workers=num_workers,
                             collate_fn=_batched, pin_memory=pin_memory, **kwargs)
-    return DataLoader(
+    return _StoreLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

@@ -2,16 +2,18 @@
 
 Stages (each one reuses what an earlier run left, so a re-run only redoes what is missing):
 
-1. ``data`` — seeded synthetic scenes in the COCO panoptic layout (``synthetic/``, a ``train`` and a
-   separate ``val`` split) and a store of each built with the ``simulated`` base network (``train.zarr``,
-   ``val.zarr``). The scenes are generated small and stored at their own size (no resize), so training
+1. ``data`` — seeded synthetic scenes in the COCO panoptic layout (``synthetic/``: ``train``, ``val`` for
+   any tuning, and ``test``, used only for the reported table) and a store of each built with the
+   ``simulated`` base network (``train.zarr``, ``val.zarr``, ``test.zarr``). The scenes are generated small and stored at their own size (no resize), so training
    fits the CPU budget and evaluation at the original size needs no resampling of either prediction.
 2. ``coco`` — the shipped real COCO sample (``prn_data/samples/coco``, split ``val2017``) built with the
    paper's resize policy (§4.2) into ``coco-val2017.zarr``, and one of its samples drawn like the paper's
    Fig. 4 into ``show/``.
 3. ``train`` — PRN (§3) trained with ``workflows/demo.yaml`` on ``train.zarr`` into ``run/``.
-4. ``evaluate`` — base network vs PRN (PPGBF §3.5, PQ/SQ/RQ §4.2) on ``val.zarr``, predictions and the
-   evaluator's own ``results.json`` in ``evaluation/``; a summary ``results.json`` at the top.
+4. ``evaluate`` — base network, rule baseline, untrained PRN and PRN (PPGBF §3.5, PQ/SQ/RQ §4.2) on
+   ``test.zarr`` (:func:`prn_model.compare.compare_store`), with the PQ gain's paired bootstrap 95 % interval;
+   predictions and the evaluator's own ``results.json`` in ``evaluation/``; a summary ``results.json`` at
+   the top.
 
 Wall times per stage are recorded in the summary. The functions here orchestrate the public functions of
 the other modules; they hold no algorithm of their own. The demo's settings are
@@ -42,7 +44,8 @@ from prn_data.store import open_store
 
 from .config import TrainConfig, load_config, override
 from .demo_options import COCO_SPLIT, DEMO_BASE, DEMO_MAX_SIZE, DEMO_MIN_SIZE, DemoOptions
-from .evaluate import default_postprocess_config, evaluate_store, format_comparison, summary, validation
+from .compare import compare_store, format_compare
+from .evaluate import default_postprocess_config, summary, validation
 from .checkpoint import latest_checkpoint
 from .train import train
 
@@ -71,6 +74,7 @@ def _paths(out: Path) -> dict[str, Path]:
         "synthetic": out / "synthetic",
         "train_store": out / "train.zarr",
         "val_store": out / "val.zarr",
+        "test_store": out / "test.zarr",
         "coco_store": out / f"coco-{COCO_SPLIT}.zarr",
         "show": out / "show",
         "run": out / "run",
@@ -182,7 +186,9 @@ def run_demo(
     on_stage: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Run the four demo stages under ``out_dir`` and return the summary written to ``out_dir/results.json``:
-    ``{"base": {pq, sq, rq, pq_th, pq_st}, "prn": {...}, "diff": {...}`` (percent), ``"table"`` (text),
+    ``{"base": {pq, sq, rq, pq_th, pq_st}, "rule", "untrained", "prn": {...}, "diff": prn − base`` (percent,
+    test split), ``"split": "test"``, ``"gain_ci95": [low, high]`` (PRN − base PQ, points), ``"gains"`` (each
+    method's gain and interval), ``"table"`` (text),
     ``"seconds"`` (wall time per stage), ``"artifacts"`` (paths), ``"options"``, ``"images"``}.
 
     ``console``: a rich console for stage headers and progress bars (None = silent). ``on_stage(name,
@@ -197,18 +203,20 @@ def run_demo(
     notify = on_stage or (lambda name, info: None)
     t_all = time.perf_counter()
 
-    # 1. synthetic data and its two stores (stored at the scenes' own size: ResizePolicy(short=0))
+    # 1. synthetic data and its three stores (stored at the scenes' own size: ResizePolicy(short=0))
     with rep.stage("data", f"1/4 synthetic COCO-panoptic scenes and stores (base {opts.base})"):
         wrote = {}
-        for split, num in (("train", opts.train_images), ("val", opts.val_images)):
+        splits = (("train", opts.train_images), ("val", opts.val_images), ("test", opts.test_images))
+        for split, num in splits:
             wrote[split] = _write_scenes(p["synthetic"], split, num, opts=opts, console=console)
             rep.say(f"{num} {split} scenes {'written to' if wrote[split] else 'already in'} {p['synthetic']}")
-        for split, key in (("train", "train_store"), ("val", "val_store")):
+        for split, _ in splits:
+            key = f"{split}_store"
             # New scenes (other sizes or counts than a previous demo in this folder) make the store stale.
             r = _build(f"coco:{p['synthetic']}", split, base=opts.base, out=p[key], policy=ResizePolicy(short=0),
                        opts=opts, console=console, overwrite=wrote[split])
             rep.say(f"store {p[key]}: {r.built} built, {r.skipped} already done")
-    notify("data", {"train_store": str(p["train_store"]), "val_store": str(p["val_store"])})
+    notify("data", {k: str(p[k]) for k in ("train_store", "val_store", "test_store")})
 
     # 2. the real COCO sample at the paper's resolution, and one Fig. 4-style drawing of it
     with rep.stage("coco", f"2/4 real COCO sample ({coco_sample_root()}, split {COCO_SPLIT})"):
@@ -254,9 +262,9 @@ def run_demo(
         weights = latest_checkpoint(p["run"]) or weights
     notify("train", {"checkpoint": str(weights)})
 
-    # 4. evaluation on the held-out val store
-    with rep.stage("evaluate", f"4/4 evaluate base network vs PRN on {p['val_store'].name}"):
-        pp = default_postprocess_config(open_store(p["val_store"]).attrs)
+    # 4. evaluation on the untouched test store: base, rule baseline, untrained PRN, PRN
+    with rep.stage("evaluate", f"4/4 evaluate base, rule baseline, untrained PRN and PRN on {p['test_store'].name}"):
+        pp = default_postprocess_config(open_store(p["test_store"]).attrs)
         with _progress(console) as bar:
             task = bar.add_task("evaluate", total=None, rate="") if bar is not None else None
 
@@ -264,17 +272,20 @@ def run_demo(
                 if bar is not None:
                     bar.update(task, completed=n, total=total)
 
-            results = evaluate_store(str(p["val_store"]), checkpoint=weights, out=p["evaluation"], device=opts.device,
-                                     batch=1, gt=None, base_only=False, cfg=pp, limit=None, on_progress=step)
-        table = format_comparison(results)
+            results = compare_store(p["test_store"], weights, out=p["evaluation"], device=opts.device, cfg=pp,
+                                    seed=opts.seed, on_progress=step)
+        table = format_compare(results)
         rep.say(table)
         rep.say(f"predictions (COCO panoptic) and the evaluator's results.json in {p['evaluation']}")
 
-    base, prn = summary(results["base"]), summary(results["prn"])
+    rows = {name: summary(results[name]) for name in ("base", "rule", "untrained", "prn")}
+    base, prn = rows["base"], rows["prn"]
     report = {
-        "base": base,
-        "prn": prn,
+        **rows,
         "diff": {k: prn[k] - base[k] for k in base},
+        "split": "test",
+        "gain_ci95": results["gains"]["prn"]["ci"],
+        "gains": results["gains"],
         "table": table,
         "images": results["images"],
         "scored": results["scored"],

@@ -7,18 +7,23 @@ training) each take the GPU of their local rank and share one process group (NCC
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from prn_data.errors import PrnError
+
+
+T = TypeVar("T")
 
 
 class DeviceError(PrnError):
@@ -63,6 +68,78 @@ class ExitWithProcess:
 
     def __call__(self, worker_id: int) -> None:
         threading.Thread(target=_exit_when_gone, args=(self.pid,), name="prn-exit-with-trainer", daemon=True).start()
+
+
+class LoaderWorkerInit(ExitWithProcess):
+    """The ``worker_init_fn`` of :func:`prn_model.data.make_loader` (picklable): the worker runs torch at
+    ``threads`` intra-op threads (README "Parallelism": the loader's parallelism is its worker processes,
+    one thread each by default, not threads inside them) and exits with process ``pid``
+    (:class:`ExitWithProcess`)."""
+
+    def __init__(self, pid: int, threads: int = 1):
+        super().__init__(pid)
+        self.threads = int(threads)
+
+    def __call__(self, worker_id: int) -> None:
+        torch.set_num_threads(self.threads)
+        super().__call__(worker_id)
+
+
+class ThreadsError(PrnError):
+    """A thread count (``--threads``, ``PRN_THREADS``) that is not a whole number ≥ 1."""
+
+
+#: The environment variable giving the intra-op thread count of ``prn evaluate`` and ``prn refine`` when
+#: ``--threads`` is not given (README "Parallelism").
+THREADS_ENV = "PRN_THREADS"
+#: The default intra-op thread count: one, so that post-processing never slows down when other work shares
+#: the cores (two threads on a loaded 2-core machine took PPGBF + merge from ~30 ms to 155–1485 ms;
+#: ``benchmarks/postprocess.py``). Parallelism comes from work across images (scoring, preparation and
+#: loader workers), each at a fixed intra-op count.
+DEFAULT_THREADS = 1
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """The intra-op thread count to use: ``threads`` when given, else ``$PRN_THREADS``, else
+    :data:`DEFAULT_THREADS`. A value that is not a whole number ≥ 1 is a :class:`ThreadsError` naming it."""
+    source = "--threads"
+    if threads is None:
+        raw = os.environ.get(THREADS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_THREADS
+        source = THREADS_ENV
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise ThreadsError(f"{THREADS_ENV}={raw!r}: expected a whole number of threads ≥ 1") from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ThreadsError(f"{source}={threads!r}: expected a whole number of threads ≥ 1")
+    return threads
+
+
+@contextmanager
+def intra_op_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the block with torch at :func:`resolve_threads` ``(threads)`` intra-op threads, then restore the
+    previous count. Yields the count in force."""
+    n = resolve_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def with_threads(fn: Callable[..., T]) -> Callable[..., T]:
+    """Give ``fn`` a keyword argument ``threads`` (``None``: ``$PRN_THREADS``, else :data:`DEFAULT_THREADS`):
+    the call runs under :func:`intra_op_threads` (``prn evaluate``, ``prn refine``; README "Parallelism")."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, threads: int | None = None, **kwargs: Any) -> T:
+        with intra_op_threads(threads):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _exit_when_gone(pid: int, poll_s: float = 1.0) -> None:
@@ -120,4 +197,6 @@ def configure_device(device: torch.device, *, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-__all__ = ["DEVICE_SPEC", "DeviceError", "ExitWithProcess", "configure_device", "dist_env", "process_group", "resolve_device"]
+__all__ = ["DEFAULT_THREADS", "DEVICE_SPEC", "DeviceError", "ExitWithProcess", "LoaderWorkerInit", "THREADS_ENV",
+           "ThreadsError", "configure_device", "dist_env", "intra_op_threads", "process_group", "resolve_device",
+           "resolve_threads", "with_threads"]

@@ -6,6 +6,11 @@ are scored with panopticapi's PQ as they come (:mod:`prn_model.scoring`), at the
 against the dataset's own ground truth when it is at hand, else at store resolution against the store's
 ``gt/``.
 
+The base is scored from its own predictions at their native (original) size when they are files at hand
+(``files:`` or ``coco-results:`` specs, the store's own or given), as the paper's protocol scores a base
+network (§4.2); otherwise from the store's ``base/`` maps after their round trip through store resolution,
+which loses detail (README "Evaluation"). Results say which (``base_predictions``).
+
 The trainer's validation (:func:`validation`) scores PRN alone at store resolution (:func:`evaluate_model`).
 """
 
@@ -13,20 +18,22 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from prn_data.errors import PrnError
-from prn_data.records import CategorySet, Segment
+from prn_data.base import open_base, split_spec
+from prn_data.errors import BaseNetworkError, PrnError
+from prn_data.records import CategorySet, Sample, Segment
 from prn_data.store import Store, open_store
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import sample_from_store
-from .devices import resolve_device
+from .devices import resolve_device, with_threads
 from .merge import postprocess
 from .ppgbf import PostProcessConfig
 from .scoring import GroundTruth, StreamedScorer, locate_ground_truth
@@ -58,6 +65,65 @@ def default_postprocess_config(store_attrs: dict) -> PostProcessConfig:
     if canvas:
         area = int(round(area * min(1.0, int(canvas[0]) * int(canvas[1]) / ref)))
     return PostProcessConfig(stuff_area=area)
+
+
+def postprocess_config(store_attrs: dict, *settings: dict | None) -> PostProcessConfig:
+    """:func:`default_postprocess_config` of the store with each mapping of ``settings`` applied in turn
+    (a run's ``postprocess:`` section, then command-line flags; None values and mappings skipped)."""
+    cfg = default_postprocess_config(store_attrs)
+    for d in settings:
+        changes = {k: v for k, v in (d or {}).items() if v is not None}
+        if changes:
+            try:
+                cfg = replace(cfg, **changes)
+            except (TypeError, ValueError) as exc:
+                raise PrnError(f"post-processing settings: {exc}") from None
+    return cfg
+
+
+NATIVE_KINDS = ("files", "coco-results")
+
+
+def native_base(store: Store, truth: GroundTruth, spec: str | None = None):
+    """The base network whose predictions at original size are scored instead of the store's ``base/`` maps,
+    or None. ``spec``: None — the store's own base when it is a ``files:`` / ``coco-results:`` one whose files
+    are at hand and the ground truth is at original size; ``"store"`` — never; a ``files:`` /
+    ``coco-results:`` spec — that one (an error if it cannot be opened or the ground truth is only the
+    store's)."""
+    if spec == "store":
+        return None
+    given = spec is not None
+    spec = spec if given else str(store.attrs.get("base") or "none")
+    try:
+        kind = split_spec(spec)[0]
+    except BaseNetworkError:
+        if given:
+            raise
+        return None
+    if kind not in NATIVE_KINDS:
+        if given:
+            raise PrnError(f"base predictions {spec!r}: expected files:… or coco-results:… (or 'store')")
+        return None
+    if truth.mode != "original":
+        if given:
+            raise PrnError(f"base predictions {spec!r}: the dataset's ground truth at original size is not at "
+                           "hand (give --gt), so the base can only be scored at store resolution")
+        return None
+    try:
+        return open_base(spec, store.categories)
+    except PrnError:
+        if given:
+            raise
+        return None  # the store's recorded files are not here: fall back to the round-tripped maps
+
+
+def _native_prediction(base, meta: dict) -> tuple[np.ndarray, list[Segment]]:
+    """``base``'s own prediction of a store sample at its original size."""
+    h, w = meta["orig_size"]
+    stub = Sample(image=np.zeros((0, 0, 3), np.uint8), panoptic=np.zeros((0, 0), np.int32), segments=[],
+                  image_id=str(meta["image_id"]), file_name=str(meta["file_name"]), orig_size=(int(h), int(w)))
+    pred = base.predict([stub])[0]
+    return pred.panoptic, pred.segments
 
 
 def _segments(items: Sequence[dict], categories: CategorySet) -> list[Segment]:
@@ -158,6 +224,7 @@ def _read_ahead(read: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         yield ahead.result()
 
 
+@with_threads
 def evaluate_store(
     store_url: str,
     *,
@@ -171,14 +238,21 @@ def evaluate_store(
     limit: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    post: dict | None = None,
+    base_predictions: str | None = None,
 ) -> dict:
     """``prn evaluate``: score the base network (and PRN from ``checkpoint``) over the store's done samples.
 
+    Post-processing: ``cfg`` as given, else the store's defaults, then the checkpoint's ``postprocess:``
+    settings, then ``post`` (PostProcessConfig fields). ``base_predictions``: see :func:`native_base`.
+
     Returns ``{"base": ..., "prn": ... (absent with base_only), "scored": "original" | "store",
-    "ground_truth": str, "images": n}``, each result in pq_compute's form. With ``out``, predictions are
+    "ground_truth": str, "base_predictions": "native predictions (SPEC)" | "store resolution", "images": n}``,
+    each result in pq_compute's form. With ``out``, predictions are
     written as COCO panoptic files under ``out/base`` and ``out/prn`` and the dict as ``out/results.json``.
     Predictions are scored as they come (``workers`` threads; memory bounded by a few images), never held
-    for the whole split.
+    for the whole split. ``threads``: torch's intra-op threads meanwhile (:func:`~prn_model.devices.with_threads`;
+    README "Parallelism"), recorded as ``"threads"``.
     """
     store = open_store(store_url)
     if not store.has_base:
@@ -188,21 +262,29 @@ def evaluate_store(
         if checkpoint is None:
             raise PrnError("give --checkpoint, or --base-only to score the base network alone")
         dev = resolve_device(device)
-        model, _ = load_checkpoint(checkpoint, dev)
+        model, run_cfg = load_checkpoint(checkpoint, dev)
     else:
         dev = torch.device("cpu")
+        run_cfg = None
+    if cfg is None:
+        cfg = postprocess_config(store.attrs, None if run_cfg is None else run_cfg.postprocess, post)
     indices = [int(i) for i in np.nonzero(store.done)[0]]
     if limit:
         indices = indices[:limit]
     if not indices:
         raise PrnError(f"{store_url}: no finished samples to evaluate")
     truth = locate_ground_truth(store, gt)
+    native = native_base(store, truth, base_predictions)
     out_dir = Path(out) if out is not None else None
     cats = store.categories
-    ev = StreamedScorer(truth, cats, ("base",) if model is None else ("base", "prn"), out_dir=out_dir, workers=workers)
+    ev = StreamedScorer(truth, cats, ("base",) if model is None else ("base", "prn"), out_dir=out_dir, workers=workers,
+                        native=("base",) if native is not None else ())
     try:
         for n, (meta, result) in enumerate(predict(model, store, indices, device=dev, batch=batch, cfg=cfg), 1):
-            preds = {"base": (meta["base/panoptic"], _segments(meta["base/segments"], cats))}
+            if native is not None:
+                preds = {"base": _native_prediction(native, meta)}
+            else:
+                preds = {"base": (meta["base/panoptic"], _segments(meta["base/segments"], cats))}
             if result is not None:
                 preds["prn"] = result
             ev.add(meta, preds)
@@ -211,7 +293,10 @@ def evaluate_store(
         results: dict = ev.finish()
     finally:
         ev.close()
-    results |= {"scored": truth.mode, "ground_truth": truth.where, "images": len(indices)}
+    results |= {"scored": truth.mode, "ground_truth": truth.where, "images": len(indices),
+                "threads": torch.get_num_threads(),
+                "base_predictions": "store resolution" if native is None else f"native predictions ({native.spec})",
+                "per_class_table": per_class_rows(results, cats)}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
@@ -221,13 +306,58 @@ def evaluate_store(
 def format_comparison(results: dict) -> str:
     """One table: base, PRN and their difference in PQ / SQ / RQ / PQ_th / PQ_st (percent)."""
     head = f"{'':8s}" + "".join(f"{k.upper():>8s}" for k in SUMMARY_KEYS)
-    lines = [f"scored at {results['ground_truth']} ({results['images']} images)", head]
+    lines = [f"scored at {results['ground_truth']} ({results['images']} images); "
+             f"base: {results.get('base_predictions', 'store resolution')}", head]
     b = summary(results["base"])
     lines.append(f"{'base':8s}" + "".join(f"{b[k]:8.2f}" for k in SUMMARY_KEYS))
     if "prn" in results:
         p = summary(results["prn"])
         lines.append(f"{'PRN':8s}" + "".join(f"{p[k]:8.2f}" for k in SUMMARY_KEYS))
         lines.append(f"{'diff':8s}" + "".join(f"{p[k] - b[k]:+8.2f}" for k in SUMMARY_KEYS))
+    return "\n".join(lines)
+
+
+def per_class_rows(results: dict, categories: CategorySet) -> list[dict]:
+    """Per-class PQ of the base and PRN side by side (paper Tables 1–2 by class): one row per class that
+    occurs in the ground truth or either prediction (pq_compute-form ``results["base"]`` / ``["prn"]``
+    with their ``counts``), ``{"id", "name", "isthing", "base": {"pq", "sq", "rq"}, "prn": {…}, "diff"}``
+    in percent, ``diff`` = PRN − base PQ; sorted by ``diff``, largest gain first (ties by name). Without
+    PRN: the base's rows, best PQ first."""
+    names = [n for n in ("base", "prn") if n in results]
+    present: set[int] = set()
+    for n in names:
+        present |= {int(c) for c in results[n].get("counts", {})}
+    rows = []
+    for c in categories:
+        if c.id not in present:
+            continue
+        row: dict = {"id": c.id, "name": c.name, "isthing": bool(c.isthing)}
+        for n in names:
+            per = results[n]["per_class"]
+            pc = per.get(c.id) or per.get(str(c.id)) or {}
+            row[n] = {k: 100 * float(pc.get(k, 0.0)) for k in ("pq", "sq", "rq")}
+        if len(names) == 2:
+            row["diff"] = row["prn"]["pq"] - row["base"]["pq"]
+        rows.append(row)
+    rows.sort(key=lambda r: (-(r["diff"] if len(names) == 2 else r[names[0]]["pq"]), r["name"]))
+    return rows
+
+
+def format_per_class(rows: Sequence[dict]) -> str:
+    """The per-class table of :func:`per_class_rows`: class, kind, base PQ / SQ / RQ, PRN PQ / SQ / RQ and
+    the PQ difference (percent), in the rows' order."""
+    with_prn = bool(rows) and "prn" in rows[0]
+    head = f"{'class':24s} {'kind':5s} {'base PQ':>8s} {'SQ':>6s} {'RQ':>6s}"
+    if with_prn:
+        head += f" {'PRN PQ':>8s} {'SQ':>6s} {'RQ':>6s} {'diff':>7s}"
+    lines = [f"per class ({len(rows)} present), " + ("PRN's largest gain first" if with_prn else "best first"), head]
+    for r in rows:
+        b = r["base"]
+        line = f"{r['name'][:24]:24s} {'thing' if r['isthing'] else 'stuff':5s} {b['pq']:8.2f} {b['sq']:6.2f} {b['rq']:6.2f}"
+        if with_prn:
+            p = r["prn"]
+            line += f" {p['pq']:8.2f} {p['sq']:6.2f} {p['rq']:6.2f} {r['diff']:+7.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -265,7 +395,8 @@ def validation(cfg: TrainConfig) -> Callable[[torch.nn.Module, torch.device], di
     store, limit = cfg.data.val_store, cfg.val_limit or None
 
     def validate(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        return evaluate_model(model, store, device=device, limit=limit)
+        post = postprocess_config(open_store(store).attrs, cfg.postprocess) if cfg.postprocess else None
+        return evaluate_model(model, store, device=device, limit=limit, cfg=post)
 
     return validate
 
@@ -274,11 +405,15 @@ __all__ = [
     "SUMMARY_KEYS",
     "summary",
     "default_postprocess_config",
+    "postprocess_config",
+    "native_base",
     "predict",
     "GroundTruth",
     "locate_ground_truth",
     "evaluate_store",
     "format_comparison",
+    "per_class_rows",
+    "format_per_class",
     "evaluate_model",
     "validation",
 ]

@@ -95,7 +95,7 @@ def merge_image(
     semantic: torch.Tensor,
     center: torch.Tensor,
     center_offset: torch.Tensor,
-    box_offset: torch.Tensor,
+    box_offset: torch.Tensor | None,
     foreground: torch.Tensor | None,
     *,
     tables: CategoryTables,
@@ -106,8 +106,9 @@ def merge_image(
     """Panoptic segmentation of one image from its head outputs (§3.5).
 
     ``semantic (N_cl, H/4, W/4)`` logits (or ``(N_cl, H, W)``), ``center (1, H, W)``, ``center_offset
-    (2, H, W)``, ``box_offset (4, H, W)`` pixels, ``foreground (1, H, W)`` logit (unused by
-    Panoptic-DeepLab grouping). ``size = (h, w)``: the valid top-left part of a padded canvas.
+    (2, H, W)``, ``box_offset (4, H, W)`` pixels or None (a model trained without box offsets: no box gate),
+    ``foreground (1, H, W)`` logit (unused by Panoptic-DeepLab grouping). The box gate applies when
+    ``cfg.box_gate`` and box offsets are given (§3.5; its absence is the §4.5 ablation). ``size = (h, w)``: the valid top-left part of a padded canvas.
     ``label_divisor``: of the panoptic ids (the store's). Returns ``(panoptic (h, w) int32`` with VOID = −1,
     ``segments)``.
     """
@@ -121,7 +122,8 @@ def merge_image(
     off = center_offset[:, :h, :w].float()
     if cfg.grouping == "ppgbf":
         mask = torch.sigmoid(foreground[0, :h, :w].float()) > cfg.foreground_threshold
-        flat, k, _, score = group_foreground(heat, off, box_offset[:, :h, :w].float(), mask, cfg)
+        boxes = box_offset[:, :h, :w].float() if cfg.box_gate and box_offset is not None else None
+        flat, k, _, score = group_foreground(heat, off, boxes, mask, cfg)
     else:
         flat, k, _, score = group_foreground(heat, off, None, lookup(tables.thing, label), cfg)
     # Everything about instances works on the list of masked pixels (``flat``, center ``k``, −1 for
@@ -260,13 +262,14 @@ def postprocess(
     label_divisor: int = LABEL_DIVISOR,
 ) -> list[tuple[np.ndarray, list[Segment]]]:
     """Batched post-processing of PRN's outputs (the network's dict: ``semantic (B, N_cl, H/4, W/4)``,
-    ``center (B, 1, H, W)``, ``center_offset (B, 2, H, W)``, ``box_offset (B, 4, H, W)``, ``foreground
-    (B, 1, H, W)``) on the tensors' device. ``sizes``: each image's valid ``(h, w)`` within the canvas;
+    ``center (B, 1, H, W)``, ``center_offset (B, 2, H, W)``, ``box_offset (B, 4, H, W)`` (absent when the
+    model has no box offsets: no box gate), ``foreground (B, 1, H, W)``) on the tensors' device. ``sizes``: each image's valid ``(h, w)`` within the canvas;
     ``label_divisor``: of the panoptic ids (the store's). Returns one ``(panoptic (h, w) int32, segments)``
     per image, at the network's resolution."""
     cfg = cfg or PostProcessConfig()
     tables = CategoryTables(categories, outputs["center"].device)
     fg = outputs.get("foreground")
+    box = outputs.get("box_offset")  # absent for a model trained with box_offsets off (§4.5 ablation)
     out = []
     with torch.no_grad():
         for b in range(outputs["center"].shape[0]):
@@ -275,7 +278,7 @@ def postprocess(
                     outputs["semantic"][b],
                     outputs["center"][b],
                     outputs["center_offset"][b],
-                    outputs["box_offset"][b],
+                    None if box is None else box[b],
                     None if fg is None else fg[b],
                     tables=tables,
                     cfg=cfg,

@@ -66,7 +66,9 @@ class PRNConfig:
     units) normalise the RGB input; ``norm`` "batch" or "group" (GroupNorm for tiny batches);
     ``thing_ids`` the train ids of thing classes (needed when ``foreground == "semantic"``; ``residual``
     uses them for the base's thing probability). ``residual`` (not in the paper) makes the heads predict
-    corrections to the base inputs, see :meth:`PRN.residual_base`.
+    corrections to the base inputs, see :meth:`PRN.residual_base`. ``pretrained``: a local torchvision ResNet
+    state-dict file whose ImageNet weights initialise the encoder (§4.2; :mod:`prn_model.pretrained`) — read
+    by the trainer when a run starts, never when a checkpoint is loaded (kept here as the run's record).
     """
 
     num_classes: int
@@ -86,6 +88,7 @@ class PRNConfig:
     norm: str = "batch"
     thing_ids: tuple[int, ...] = ()
     residual: bool = False
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         # Lists come back from YAML/JSON; the dataclass is frozen, so normalise through object.__setattr__.

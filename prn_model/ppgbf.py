@@ -16,8 +16,10 @@ Steps for one image (the batch is looped, everything inside is tensor code that 
    at once; if that center passes the box gate it is the answer; only the pixels whose nearest center
    fails the gate get the full gated search (again chunked).
 
-``grouping="panoptic_deeplab"`` (for the §4.5 ablation) groups the semantic thing pixels by nearest
-center alone: no box gate, no foreground branch.
+Ablations (§4.5): ``box_gate=False`` keeps the foreground filter of step 3 but drops the box gate (every
+foreground pixel goes to its nearest center); a model trained without box offsets has no gate either way.
+``grouping="panoptic_deeplab"`` groups the semantic thing pixels by nearest center alone: no box gate, no
+foreground branch.
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ class PostProcessConfig:
     fewer pixels are dropped. ``semantic_upsample``: how the 1/4 semantic logits reach full resolution,
     ``"bilinear"`` (logits, as Panoptic-DeepLab) or ``"nearest"`` (argmax at 1/4, each label repeated
     4×4; far cheaper with many classes). ``chunk_pairs`` bounds the pixel×center work held at once.
+    ``box_iou``: the box gate's IoU threshold τ (a pixel may join a center only when IoU > τ);
+    ``box_gate``: apply that gate at all (off: nearest foreground center, the §4.5 "without box offsets"
+    ablation with the foreground filter kept).
     """
 
     threshold: float = 0.2
     nms_kernel: int = 7
     top_k: int = 200
     box_iou: float = 0.5
+    box_gate: bool = True
     foreground_threshold: float = 0.5
     grouping: str = "ppgbf"
     stuff_area: int = 4096
@@ -61,6 +67,8 @@ class PostProcessConfig:
             raise ValueError(f"nms_kernel must be a positive odd number, not {self.nms_kernel}")
         if self.top_k < 1 or self.chunk_pairs < 1:
             raise ValueError("top_k and chunk_pairs must be positive")
+        if not 0 <= self.box_iou < 1:
+            raise ValueError(f"box_iou must lie in [0, 1), not {self.box_iou}")
 
     def to_json(self) -> dict:
         return asdict(self)

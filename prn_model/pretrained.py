@@ -12,6 +12,11 @@ are accepted). Keys are matched by name onto ``PRN.encoder`` (whose layout is to
 * anything else — the stem (``conv1``, ``bn1``; PRN replaces it by its input module, §3.3), ``fc``, keys
   whose shape differs (e.g. ``layer1.0`` when 3·N_en + 2 ≠ 64), BatchNorm statistics when the model uses
   GroupNorm — is ``skipped`` with the reason; encoder tensors no key filled are listed as ``missing``.
+
+:func:`load_pretrained_encoder` is strict by default: beyond those expected gaps (the stem, ``fc``, the
+input side of ``layer1.0``, whose width is the input module's, and BatchNorm statistics under GroupNorm), a
+file key the encoder lacks, a shape mismatch, or an encoder tensor the file lacks is a :class:`WeightsError`
+naming the file and the first such key — the file is then not a torchvision ResNet of this depth and width.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class LoadReport:
     adapted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # unexpected gaps, in file-key order (strict loading)
 
     def summary(self) -> str:
         return (
@@ -78,10 +84,15 @@ def map_resnet_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor]) ->
         for key, src in state.items():
             dst = own.get(key)
             if dst is None:
-                why = "stem replaced by the input module (§3.3)" if key.split(".")[0] in ("conv1", "bn1") else (
+                stem = key.split(".")[0] in ("conv1", "bn1")
+                why = "stem replaced by the input module (§3.3)" if stem else (
                     "classifier, unused" if key.startswith("fc.") else "no such encoder tensor"
                 )
                 report.skipped[key] = why
+                # BatchNorm statistics of a norm layer that is a GroupNorm here are expected to find no tensor
+                norm_here = f"{key.rsplit('.', 1)[0]}.weight" in own and key.rsplit(".", 1)[-1] in _BN_STATS
+                if not (stem or key.startswith("fc.") or norm_here):
+                    report.problems.append(f"unexpected key {key!r} (no such tensor in this encoder)")
             elif dst.shape == src.shape:
                 dst.copy_(src.to(dst.dtype))
                 report.loaded.append(key)
@@ -98,13 +109,45 @@ def map_resnet_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor]) ->
                 filled.add(key)
             else:
                 report.skipped[key] = f"shape {tuple(src.shape)} ≠ encoder {tuple(dst.shape)}"
+                input_side = key in _INPUT_SIDE and src.dim() == dst.dim() == 4 and (
+                    (src.shape[0], *src.shape[2:]) == (dst.shape[0], *dst.shape[2:]))
+                if not input_side:
+                    report.problems.append(f"key {key!r}: shape {tuple(src.shape)} ≠ encoder {tuple(dst.shape)}")
     report.missing = [k for k in own if k not in filled and not k.endswith("num_batches_tracked")]
+    report.problems += [f"missing key {k!r} (the encoder has it, the file does not)" for k in report.missing
+                        if not k.startswith("layer1.0.")]
     return report
 
 
-def load_pretrained_encoder(model: nn.Module, path: str | Path) -> LoadReport:
+_BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+# The first block's input is the input module's 3·N_en (+2) channels, not torchvision's stem's 64.
+_INPUT_SIDE = ("layer1.0.conv1.weight", "layer1.0.downsample.0.weight")
+
+
+def load_pretrained_encoder(model: nn.Module, path: str | Path, *, strict: bool = True) -> LoadReport:
     """Load a local torchvision ResNet state-dict file into ``model.encoder`` (a PRN) or ``model`` itself
-    (a ResNetEncoder). The depth must match the file's (ResNet-50 weights for ``depth=50`` …); mismatched
-    tensors are skipped, never forced."""
+    (a ResNetEncoder). The depth and widths must match the file's (ResNet-50 weights for ``depth=50`` and
+    widths 64–512 …); mismatched tensors are never forced. ``strict``: raise :class:`WeightsError` naming the
+    file and the first unexpected key, mismatched shape or missing tensor (module docstring), before any
+    weight is changed; otherwise skip them and say so in the report."""
     encoder = getattr(model, "encoder", model)
-    return map_resnet_state_dict(encoder, read_state_dict(path))
+    depth = getattr(getattr(model, "cfg", None), "depth", None)
+    state = read_state_dict(path)
+    if strict:
+        # a dry run on a copy first, so a refused file leaves the model as it was
+        probe = map_resnet_state_dict(_Copy(encoder.state_dict()), state)
+        if probe.problems:
+            more = f" (and {len(probe.problems) - 1} more)" if len(probe.problems) > 1 else ""
+            what = f"ResNet-{depth}" if depth else "ResNet"
+            raise WeightsError(path, f"not a torchvision {what} state dict for this encoder: {probe.problems[0]}{more}")
+    return map_resnet_state_dict(encoder, state)
+
+
+class _Copy:
+    """A stand-in module whose ``state_dict()`` is a detached copy, for :func:`map_resnet_state_dict`'s dry run."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self._state = {k: v.detach().clone() for k, v in state.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state

@@ -47,7 +47,7 @@ from prn_data.store import decode, open_store, quantise, schema
 from prn_data.targets import TargetParams
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
-from .devices import resolve_device
+from .devices import resolve_device, with_threads
 from .evaluate import default_postprocess_config
 from .merge import postprocess
 from .network import PRN
@@ -472,6 +472,7 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
+@with_threads
 def refine_to_folder(images: str | Path | Dataset | ImageFolder | Iterable[Sample], base: str | BaseNetwork,
                      checkpoint: Refiner | str | Path, out: str | Path, *, split: str | None = None,
                      batch: int = 1, workers: int = 0, allow_missing: bool = False, device: str = "cpu",
@@ -480,7 +481,8 @@ def refine_to_folder(images: str | Path | Dataset | ImageFolder | Iterable[Sampl
     + ``out/panoptic/<stem>.png``; ``files:out`` reads it back, ``prn pq`` scores it). An ``out`` that
     already holds a ``panoptic.json`` is refused unless ``overwrite``. ``on_progress(done, total)``
     after each image (``total`` None for an iterable of unknown length). Returns ``{"json", "png_dir",
-    "images", "missing"}`` (``missing``: images refined from an empty base prediction)."""
+    "images", "missing", "threads"}`` (``missing``: images refined from an empty base prediction; ``threads``:
+    torch's intra-op threads meanwhile, set by ``threads=``, :func:`~prn_model.devices.with_threads`)."""
     out = check_out(out, overwrite)
     if isinstance(images, (str, Path)):
         images = open_images(images, split)
@@ -497,7 +499,8 @@ def refine_to_folder(images: str | Path | Dataset | ImageFolder | Iterable[Sampl
             missing += bool(r.base.meta.get("missing"))
             if on_progress is not None:
                 on_progress(n, total)
-    return {"json": str(writer.json_path), "png_dir": str(out / PANOPTIC_DIR), "images": n, "missing": missing}
+    return {"json": str(writer.json_path), "png_dir": str(out / PANOPTIC_DIR), "images": n, "missing": missing,
+            "threads": torch.get_num_threads()}
 
 
 __all__ = [

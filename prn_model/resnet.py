@@ -46,12 +46,27 @@ def conv_norm_relu(
     )
 
 
+class StridedPointwise(nn.Conv2d):
+    """A 1×1 convolution with stride ``s`` computed as a 1×1 convolution of every ``s``-th pixel: the same
+    products and parameters (checkpoints and torchvision state dicts load unchanged).
+
+    Why: torch 2.13's CPU backward of a strided 1×1 convolution on channels-last tensors corrupts the heap
+    for some shapes (8 → 16 channels at 64×64 and larger aborts with "double free or corruption"), which
+    the tiny test configurations and any narrow encoder hit; the sliced form takes another kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(in_channels, out_channels, 1, bias=False)
+        self.step = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, :: self.step, :: self.step])
+
+
 def _downsample(inplanes: int, outplanes: int, stride: int, norm: str) -> nn.Sequential | None:
     if stride == 1 and inplanes == outplanes:
         return None
-    return nn.Sequential(
-        nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), make_norm(norm, outplanes)
-    )
+    return nn.Sequential(StridedPointwise(inplanes, outplanes, stride), make_norm(norm, outplanes))
 
 
 class BasicBlock(nn.Module):

@@ -107,11 +107,13 @@ class StreamedScorer:
     each prediction is resized, written (with ``out_dir``) and reduced to its PQ counts in worker threads,
     and only the counts are kept. Counts are summed in the order the file-to-file scorer uses (the
     ground-truth JSON's, else the samples'), so the figures are bit-identical to scoring the written files
-    with :func:`prn_data.pq.pq_compute`."""
+    with :func:`prn_data.pq.pq_compute`. The sets named in ``native`` come at original size already (a base
+    network's own predictions) and are scored as they are, never resized."""
 
     def __init__(self, gt: GroundTruth, categories: CategorySet, names: Sequence[str], *,
-                 out_dir: Path | None = None, workers: int | None = None):
+                 out_dir: Path | None = None, workers: int | None = None, native: Sequence[str] = ()):
         self.gt, self.categories, self.out_dir, self.names = gt, categories, out_dir, tuple(names)
+        self.native = frozenset(native)
         self.cat_ids = frozenset(c.id for c in categories)
         self.reader = PngIdReader()  # ground-truth PNGs decoded into per-thread reusable buffers
         self.anns: dict[str, dict[int, dict]] = {n: {} for n in self.names}
@@ -129,7 +131,7 @@ class StreamedScorer:
 
     def add(self, meta: dict, preds: dict[str, tuple[np.ndarray, Sequence[Segment]]]) -> None:
         """Queue one sample's predictions ``{name: (panoptic (h, w) int VOID = −1, segments)}`` at store
-        resolution; blocks while too many samples are in flight."""
+        resolution (the ``native`` sets at original size); blocks while too many samples are in flight."""
         key = str(meta["image_id"])
         known = self.rank or self.lookup
         if self.gt.mode == "original" and key not in known:
@@ -155,7 +157,7 @@ class StreamedScorer:
         # the written JSON carries the ground truth's own image id (its type too), so panopticapi pairs them
         image_id = self.gt.annotations[str(meta["image_id"])]["image_id"] if self.rank else meta["image_id"]
         for name, (pan, segs) in preds.items():
-            if self.gt.mode == "original":
+            if self.gt.mode == "original" and name not in self.native:
                 pan, segs = to_original_size(pan, segs, meta["orig_size"])
             if self.out_dir is not None:
                 png_dir = self.out_dir / name / "panoptic"

@@ -15,6 +15,8 @@ A run folder holds:
   over the steps since the previous line;
 - ``val.jsonl``: one object per validation (``step`` and what the validation returned), when the caller
   gives one (``prn train --val-store``: PQ on a validation store, :func:`prn_model.evaluate.validation`);
+- ``log.txt``: the same figures as plain lines, also printed to stdout when the progress bar cannot be
+  seen (output sent to files), and ``tensorboard/`` with ``tensorboard: true`` (:mod:`prn_model.trainlog`);
 - ``skipped.jsonl``: with ``data.skip_bad`` (``prn train --skip-bad``), one object per damaged sample
   replaced in a batch (``step``, ``index``, ``image_id``, ``array``, ``reason``, ``replaced_by``; every
   process appends its own). Without it a damaged sample stops training with its error (README "Sharing
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -62,8 +65,10 @@ from .data import StoreDataset, make_loader
 from .devices import configure_device, dist_env, process_group, resolve_device
 from .loss import LossWeights, prn_loss
 from .network import PRN, PRNConfig
+from .pretrained import load_pretrained_encoder
 from .optim import build_optimizer, build_scheduler
 from .sampler import TrainSampler
+from .trainlog import RunLog, tensorboard_writer_class
 
 Validation = Callable[[torch.nn.Module, torch.device], dict[str, float]]
 """A validation the trainer runs on rank 0: ``validate(model, device)`` (the bare PRN, in eval mode) → the
@@ -110,6 +115,8 @@ def train(cfg: TrainConfig, resume: bool = False, *, validate: Validation | None
         raise TrainingError("no training store: give one in the config (data.store) or with --store")
     if not cfg.out:
         raise TrainingError("no run folder: give one in the config (out) or with --out")
+    if cfg.tensorboard:
+        tensorboard_writer_class()  # the optional package missing is an error before anything is written
     try:
         check_run_folder(cfg.out, resume)  # every rank checks, so none waits forever
     except CheckpointError as exc:
@@ -133,7 +140,7 @@ def _train(cfg: TrainConfig, resumed: tuple[Path, dict] | None, *, validate: Val
     seed_everything(cfg.seed)
     dataset = _open_dataset(cfg, cuda=cuda)
     weights = loss_weights(cfg)
-    model = _build_model(cfg, dataset, device=device, world=world)
+    model = _build_model(cfg, dataset, device=device, world=world, pretrained=resumed is None)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     start = _start_run(out, cfg, model=model, optimizer=optimizer, scheduler=scheduler, resumed=resumed, rank=rank)
@@ -145,7 +152,6 @@ def _train(cfg: TrainConfig, resumed: tuple[Path, dict] | None, *, validate: Val
     loader = make_loader(dataset, bs, sampler, num_workers=cfg.data.num_workers, mp_context=cfg.data.mp_context,
                          pin_memory=cuda, prefetch_factor=cfg.data.prefetch_factor)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp == "bf16" else nullcontext())
-    metrics_path, val_path = out / "metrics.jsonl", out / "val.jsonl"
 
     def checkpoint(step: int) -> Path | None:
         if rank != 0:
@@ -162,7 +168,11 @@ def _train(cfg: TrainConfig, resumed: tuple[Path, dict] | None, *, validate: Val
     last_ckpt: Path | None = None
     meter = _Meter()
     seen_bad: set[int] = set()  # damaged samples already reported on the console
-    bar = _Bar(cfg.iters, start) if show_progress else None
+    # the live bar only on a terminal (rich would write one final frame into a file); plain lines on stdout
+    # whenever the bar cannot be seen there
+    bar = _Bar(cfg.iters, start) if show_progress and console.is_terminal else None
+    log = RunLog(out, total=cfg.iters, start=start, echo=show_progress and _bar_unseen(),
+                 tensorboard=cfg.tensorboard) if rank == 0 else None
     train_model.train()
     it = iter(loader)
     try:
@@ -179,8 +189,9 @@ def _train(cfg: TrainConfig, resumed: tuple[Path, dict] | None, *, validate: Val
             meter.add({"loss": total, **terms})
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.iters:
-                last = _log(meter, step=done, lr=lr, global_batch=cfg.data.batch_size, world=world, rank=rank,
-                            path=metrics_path)
+                last = _log(meter, step=done, lr=lr, global_batch=cfg.data.batch_size, world=world)
+                if log is not None:
+                    log.metrics(last)
                 if not math.isfinite(last["loss"]):
                     raise TrainingError(f"the loss is {last['loss']} at step {done}; lower optim.lr or clip gradients")
                 if bar is not None:
@@ -191,11 +202,13 @@ def _train(cfg: TrainConfig, resumed: tuple[Path, dict] | None, *, validate: Val
             if done % cfg.checkpoint_every == 0 or done == cfg.iters:
                 last_ckpt = checkpoint(done) or last_ckpt
             if validate is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.iters):
-                _validate(validate, model, device=device, step=done, rank=rank, world=world, path=val_path, bar=bar)
+                _validate(validate, model, device=device, step=done, rank=rank, world=world, log=log, bar=bar)
                 train_model.train()
     finally:
         if bar is not None:
             bar.stop()
+        if log is not None:
+            log.close()
         del it
     if rank == 0 and cfg.iters > start:
         save_checkpoint(out / "model.pt", model, cfg, step=cfg.iters, data=data_record(dataset.attrs))
@@ -219,12 +232,16 @@ def _open_dataset(cfg: TrainConfig, *, cuda: bool) -> StoreDataset:
     return dataset
 
 
-def _build_model(cfg: TrainConfig, dataset: StoreDataset, *, device: torch.device, world: int) -> PRN:
+def _build_model(cfg: TrainConfig, dataset: StoreDataset, *, device: torch.device, world: int,
+                 pretrained: bool = True) -> PRN:
     """A freshly initialised PRN for the store's classes, on ``device`` (SyncBatchNorm across several GPUs;
-    NHWC with ``cfg.channels_last``)."""
+    NHWC with ``cfg.channels_last``); its encoder from ``model.pretrained`` when set and ``pretrained`` (a
+    resumed run takes its weights from the checkpoint instead)."""
     thing_ids = [c.train_id for c in dataset.categories if c.isthing]
     mcfg = model_config(cfg, dataset.num_classes, thing_ids)
     model = PRN(mcfg)
+    if mcfg.pretrained and pretrained:
+        load_pretrained_encoder(model, mcfg.pretrained)
     if device.type == "cuda" and world > 1 and mcfg.norm == "batch":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -373,6 +390,12 @@ class _Bar:
         self.progress.stop()
 
 
+def _bar_unseen() -> bool:
+    """True when the progress bar cannot be seen live: stdout or the console (stderr) is not a terminal (a
+    cluster job writing to files); the trainer then prints plain lines to stdout."""
+    return not (sys.stdout.isatty() and console.is_terminal)
+
+
 def _log_skipped(records: list[dict], *, step: int, rank: int, world: int, path: Path, seen: set[int],
                  bar: _Bar | None) -> None:
     """Log damaged samples a batch replaced (``data.skip_bad``): every one to ``skipped.jsonl``, and to the
@@ -396,8 +419,8 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _log(meter: _Meter, *, step: int, lr: float, global_batch: int, world: int, rank: int, path: Path) -> dict:
-    """The interval's ``metrics.jsonl`` record (averaged over the processes too); rank 0 appends it."""
+def _log(meter: _Meter, *, step: int, lr: float, global_batch: int, world: int) -> dict:
+    """The interval's ``metrics.jsonl`` record (averaged over the processes too; rank 0's RunLog writes it)."""
     keys = sorted(meter.sums)
     vec = torch.stack([meter.sums[k] for k in keys]) / max(1, meter.steps)
     elapsed = time.perf_counter() - meter.t0
@@ -417,14 +440,12 @@ def _log(meter: _Meter, *, step: int, lr: float, global_batch: int, world: int, 
         "samples_per_s": global_batch * meter.steps / max(elapsed, 1e-9),
         "data_wait": float(timing.item()),
     })
-    if rank == 0:
-        _append_jsonl(path, record)
     return record
 
 
 def _validate(validate: Validation, model: PRN, *, device: torch.device, step: int, rank: int, world: int,
-              path: Path, bar: _Bar | None) -> None:
-    """Run ``validate`` on rank 0 (the model in eval mode meanwhile) and append its figures to ``path``;
+              log: RunLog | None, bar: _Bar | None) -> None:
+    """Run ``validate`` on rank 0 (the model in eval mode meanwhile) and log its figures (``val.jsonl``);
     the other processes wait at a barrier: one evaluation, not one per process."""
     if rank == 0:
         raw = unwrap_model(model)
@@ -434,7 +455,8 @@ def _validate(validate: Validation, model: PRN, *, device: torch.device, step: i
             result = dict(validate(raw, device))
         finally:
             raw.train(was_training)
-        _append_jsonl(path, {"step": step, **result})
+        if log is not None:
+            log.validation({"step": step, **result})
         if bar is not None:
             bar.print(f"step {step} validation: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, (int, float))))

@@ -113,8 +113,9 @@ def test_synthetic_on_a_two_process_local_cluster(tmp_path, scenes):
         res = build(BuildConfig(f"coco:{scenes}", "train", base="simulated", out=str(out), shard_size=3,
                                 scheduler=cluster.scheduler_address, policy=KEEP))
     assert res.ok and res.built == 8
-    # 13 map arrays × ⌈8/3⌉ = 3 whole shards, and 8 small arrays × 1 chunk: files scale with shards
-    assert len([p for p in out.rglob("*") if p.is_file() and p.name != "zarr.json"]) == 13 * 3 + 8
+    # 13 map arrays × ⌈8/3⌉ = 3 whole shards, 8 small arrays × 1 chunk and 8 coordinate arrays × 1 chunk:
+    # files scale with shards
+    assert len([p for p in out.rglob("*") if p.is_file() and p.name != "zarr.json"]) == 13 * 3 + 8 + 8
     ds = open_dataset(f"coco:{scenes}", "train")
     assert_store_matches(out, ds, open_base("simulated", ds.categories), KEEP)
 

@@ -1,5 +1,6 @@
 """A tiny end-to-end ``prn demo`` (README "Two commands"): few small scenes, a tiny model, two iterations; every artifact
-must exist under --out, results.json must hold base and PRN figures, and a re-run must reuse everything."""
+must exist under --out, results.json must hold the test split's base, rule baseline, untrained PRN and PRN figures
+with the gain's interval, and a re-run must reuse everything."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow  # a whole pipeline in a subprocess (~20-40 s on 2
 
 REPO = Path(__file__).resolve().parents[1]
 PRN = Path(sys.executable).parent / "prn"
-N_TRAIN, N_VAL, ITERS = 4, 2, 2
+N_TRAIN, N_VAL, N_TEST, ITERS = 4, 2, 3, 2
 TINY_MODEL = {"depth": 18, "widths": [8, 16, 32, 64], "n_en": 8, "c_de": 16, "skip_channels": 8,
               "semantic_head_channels": 8, "head_channels": 8}
 
@@ -33,7 +34,7 @@ def demo_run(tmp_path_factory):
     tiny.write_text(yaml.safe_dump(cfg))
     out = tmp / "out"
     cmd = [str(PRN), "demo", "--out", str(out), "--train-images", str(N_TRAIN), "--val-images", str(N_VAL),
-           "--min-size", "64x64", "--max-size", "64x96", "--iters", str(ITERS), "--batch-size", "2",
+           "--test-images", str(N_TEST), "--min-size", "64x64", "--max-size", "64x96", "--iters", str(ITERS), "--batch-size", "2",
            "--coco-limit", "1", "--scheduler", "threads", "--workers", "1", "--device", "cpu", "--config", str(tiny)]
     r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -47,7 +48,7 @@ def test_every_artifact_exists(demo_run):
     from prn_data.store import open_store
 
     out, log, _ = demo_run
-    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+    for split, n in (("train", N_TRAIN), ("val", N_VAL), ("test", N_TEST)):
         ann = json.loads((out / "synthetic" / "annotations" / f"panoptic_{split}.json").read_text())
         assert len(ann["images"]) == n
         for img in ann["images"]:  # scenes drawn within the requested bounds
@@ -63,7 +64,7 @@ def test_every_artifact_exists(demo_run):
     figures = sorted((out / "show").glob("coco-*.png"))
     assert len(figures) == 1 and figures[0].name == f"coco-{coco.read_sample(0)['image_id']}.png"
     with Image.open(figures[0]) as im:
-        assert im.size == figure_size_px()
+        assert im.size == figure_size_px(coco.read_sample(0)["size"])
 
     ckpt = torch.load(out / "run" / "model.pt", map_location="cpu", weights_only=True)
     assert int(ckpt["step"]) == ITERS
@@ -71,11 +72,11 @@ def test_every_artifact_exists(demo_run):
     assert steps[-1] == ITERS
 
     ev = json.loads((out / "evaluation" / "results.json").read_text())
-    assert ev["images"] == N_VAL and set(ev) >= {"base", "prn"}
-    for name in ("base", "prn"):
-        assert len(list((out / "evaluation" / name / "panoptic").glob("*.png"))) == N_VAL
+    assert ev["images"] == N_TEST and set(ev) >= {"base", "rule", "untrained", "prn"}
+    for name in ("base", "rule", "untrained", "prn"):
+        assert len(list((out / "evaluation" / name / "panoptic").glob("*.png"))) == N_TEST
     # each stage says where its artifacts are
-    for path in ("train.zarr", "val.zarr", "coco-val2017.zarr", "show", "model.pt", "evaluation", "results.json"):
+    for path in ("train.zarr", "val.zarr", "test.zarr", "coco-val2017.zarr", "show", "model.pt", "evaluation", "results.json"):
         assert path in log.replace("\n", ""), path
 
 
@@ -83,7 +84,8 @@ def test_results_json_has_base_and_prn_figures(demo_run):
     out, log, _ = demo_run
     res = json.loads((out / "results.json").read_text())
     ev = json.loads((out / "evaluation" / "results.json").read_text())
-    for name in ("base", "prn"):
+    assert res["split"] == "test"
+    for name in ("base", "rule", "untrained", "prn"):
         assert set(res[name]) == {"pq", "sq", "rq", "pq_th", "pq_st"}
         # the summary is the evaluator's All / Things / Stuff averages, in percent
         assert res[name]["pq"] == pytest.approx(100 * ev[name]["All"]["pq"])
@@ -95,7 +97,12 @@ def test_results_json_has_base_and_prn_figures(demo_run):
     # the simulated base is built from the ground truth with a few errors: far from 0, below 100
     assert 40.0 < res["base"]["pq"] < 100.0
     assert set(res["seconds"]) == {"data", "coco", "train", "evaluate", "total"}
-    assert res["images"] == N_VAL and res["train"] == {"iters": ITERS, "batch_size": 2}
+    assert res["images"] == N_TEST and res["train"] == {"iters": ITERS, "batch_size": 2}
+    # the interval brackets the gain, in PQ points, from the evaluator's per-image counts
+    low, high = res["gain_ci95"]
+    assert low <= res["diff"]["pq"] + 1e-9 and res["diff"]["pq"] <= high + 1e-9
+    assert res["gains"]["prn"]["gain"] == pytest.approx(res["diff"]["pq"])
+    assert res["gains"]["rule"]["gain"] == pytest.approx(res["rule"]["pq"] - res["base"]["pq"])
     # the table printed on the console is the one stored
     assert "base" in res["table"] and "PRN" in res["table"] and res["table"].splitlines()[-1] in log
 
@@ -108,7 +115,7 @@ def test_rerun_reuses_everything(demo_run):
     before = model.stat().st_mtime_ns
     first = json.loads((out / "results.json").read_text())
     seen: list[str] = []
-    report = run_demo(out, DemoOptions(train_images=N_TRAIN, val_images=N_VAL, min_size=(64, 64),
+    report = run_demo(out, DemoOptions(train_images=N_TRAIN, val_images=N_VAL, test_images=N_TEST, min_size=(64, 64),
                                        max_size=(64, 96), iters=ITERS, batch_size=2, coco_limit=1,
                                        scheduler="threads", workers=1, device="cpu", config=str(tiny)),
                       on_stage=lambda name, info: seen.append(name))
@@ -134,7 +141,7 @@ def test_rerun_with_other_scenes_rebuilds_stores_and_retrains(demo_run, tmp_path
     out = tmp_path / "out"
 
     def run(n_train: int) -> dict:
-        return run_demo(out, DemoOptions(train_images=n_train, val_images=N_VAL, min_size=(64, 64),
+        return run_demo(out, DemoOptions(train_images=n_train, val_images=N_VAL, test_images=N_TEST, min_size=(64, 64),
                                          max_size=(64, 96), iters=ITERS, batch_size=2, coco_limit=1,
                                          scheduler="threads", workers=1, device="cpu", config=str(tiny)))
 
@@ -144,10 +151,11 @@ def test_rerun_with_other_scenes_rebuilds_stores_and_retrains(demo_run, tmp_path
     assert (out / "run" / "model.pt").stat().st_mtime_ns != before  # trained again
     assert len(open_store(out / "train.zarr")) == N_TRAIN + 1
     assert len(open_store(out / "val.zarr")) == N_VAL
+    assert len(open_store(out / "test.zarr")) == N_TEST
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     # one fresh run: the old run's metrics are gone, not continued
     assert [m["step"] for m in metrics] == [ITERS]
-    assert report["images"] == N_VAL
+    assert report["images"] == N_TEST
 
 
 def test_a_run_configured_otherwise_is_stale(demo_run):

@@ -22,11 +22,13 @@ def test_device_check_dry_run_on_the_cpu(tmp_path):
                        timeout=600, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     steps = [line for line in p.stdout.splitlines() if line.startswith("== ")]
-    assert [s.split(":")[0] for s in steps] == ["== postprocess", "== model", "== demo", "== predict"]
-    for name in ("postprocess", "model", "demo", "predict"):
+    assert [s.split(":")[0] for s in steps] == ["== postprocess", "== loader", "== model", "== demo", "== predict"]
+    for name in ("postprocess", "loader", "model", "demo", "predict"):
         log = (out / f"{name}.log").read_text()
         assert "rc=0 after" in log, log[-2000:]
     assert "ppgbf+merge (bilinear semantic)" in (out / "postprocess.log").read_text()
+    assert "default (1) / one thread" in (out / "postprocess.log").read_text()
+    assert "DataLoader workers" in (out / "loader.log").read_text()
     assert "reader thread" in (out / "predict.log").read_text()
     res = json.loads((out / "demo_results.json").read_text())
     assert {"base", "prn", "diff"} <= set(res) and res["images"] == 8

@@ -133,10 +133,10 @@ def test_info_json_matches_store(built_store):
     assert "val2017" in text and "gt/center_offset" in text and "2 done / 2" in text
 
 
-def _cells(png: np.ndarray, dpi: int) -> list[np.ndarray]:
+def _cells(png: np.ndarray, size: tuple[int, int], dpi: int) -> list[np.ndarray]:
     from prn_data.show import panel_boxes
 
-    return [png[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in panel_boxes(dpi)]
+    return [png[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in panel_boxes(size, dpi)]
 
 
 @pytest.mark.slow
@@ -146,9 +146,14 @@ def test_show_png_size_and_panels(built_store, tmp_path, monkeypatch, capsys):
     out = tmp_path / "s1.png"
     printed = run_prn("show", built_store, "1", "--out", out, "--dpi", "40").stdout.strip()
     assert Path(printed) == out
+    from prn_data.show import figure_size_px
+    from prn_data.store import open_store
+
     png = np.asarray(Image.open(out))
-    assert png.shape[:2] == (15 * 40, 12 * 40)  # 5 × 4 panels of 3 in at 40 dpi
-    cells = _cells(png, 40)
+    size = tuple(open_store(built_store).read_sample(1, arrays=["size"])["size"])
+    # 5 × 4 panels of 3 in at 40 dpi, as high as the image's aspect makes them
+    assert png.shape[:2][::-1] == figure_size_px(size, 40) and png.shape[1] == 12 * 40
+    cells = _cells(png, size, 40)
     for k, c in enumerate(cells):
         assert c.std() > 1.0, f"panel {k} is blank"
     for a, b in itertools.combinations(range(len(cells)), 2):

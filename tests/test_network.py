@@ -368,3 +368,47 @@ def test_coordconv_equals_a_convolution_over_the_concatenated_coordinates(kernel
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv.weight.grad, ref_w.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv.bias.grad, ref_b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_pointwise_is_a_strided_1x1_convolution():
+    from prn_model.resnet import StridedPointwise
+
+    torch.manual_seed(0)
+    m = StridedPointwise(8, 16, 2)
+    x = torch.randn(2, 8, 20, 18)
+    want = F.conv2d(x, m.weight, stride=2)
+    got = m(x)
+    assert got.shape == want.shape == (2, 16, 10, 9)
+    torch.testing.assert_close(got, want)
+    assert set(m.state_dict()) == {"weight"}
+
+
+_CHANNELS_LAST_BACKWARD = """
+import sys, torch
+sys.path.insert(0, "tests")
+from helpers import TINY_MODEL
+from prn_model.network import PRN, PRNConfig
+torch.manual_seed(0)
+m = PRN(PRNConfig(num_classes=8, thing_ids=(0, 1, 2, 3), **TINY_MODEL)).to(memory_format=torch.channels_last)
+cl = torch.channels_last
+x = (torch.rand(2, 3, 256, 256) * 255).contiguous(memory_format=cl)
+inst = torch.randn(2, 7, 256, 256).contiguous(memory_format=cl)
+sem = torch.rand(2, 8, 64, 64).contiguous(memory_format=cl)
+for _ in range(2):
+    sum(v.square().mean() for v in m(x, inst, sem).values()).backward()
+print("backward ok")
+"""
+
+
+def test_tiny_model_backward_in_channels_last_at_256():
+    """The tiny model's backward at 256×256 in channels-last on the CPU: with a strided 1×1 convolution in the
+    encoder's downsampling path torch 2.13 corrupted the heap here (an abort, so run in a subprocess)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", _CHANNELS_LAST_BACKWARD], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "backward ok" in r.stdout

@@ -16,6 +16,8 @@ from prn_data.show import (
     figure_size_px,
     flow_to_rgb,
     panel_boxes,
+    segment_labels,
+    shared_limits,
 )
 
 
@@ -98,18 +100,18 @@ def _synthetic_sample(h: int = 48, w: int = 64) -> dict:
     }
 
 
-def _cells(png: np.ndarray, dpi: int) -> list[np.ndarray]:
-    return [png[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in panel_boxes(dpi)]
+def _cells(png: np.ndarray, size: tuple[int, int], dpi: int) -> list[np.ndarray]:
+    return [png[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in panel_boxes(size, dpi)]
 
 
 def test_draw_sample_png_size_and_distinct_panels(tmp_path):
     cats = CategorySet([Category(1, "road", False, 0, (128, 64, 128)), Category(2, "car", True, 1, (0, 0, 142))])
     out = draw_sample(_synthetic_sample(), tmp_path / "fig.png", cats, title="synthetic", dpi=50)
     png = np.asarray(Image.open(out))
-    # 4 columns × 3 in × 50 dpi by 5 rows × 3 in × 50 dpi.
-    assert figure_size_px(50) == (600, 750)
-    assert png.shape[:2] == (750, 600)
-    cells = _cells(png, 50)
+    # 4 columns × 3 in × 50 dpi; 5 rows × (3 in × 48/64 + 0.3 in title) × 50 dpi.
+    assert figure_size_px((48, 64), 50) == (600, 637)
+    assert png.shape[:2] == (637, 600)
+    cells = _cells(png, (48, 64), 50)
     assert len(cells) == 20
     for k, c in enumerate(cells):
         assert c.std() > 1.0, f"panel {k} is blank"
@@ -117,10 +119,45 @@ def test_draw_sample_png_size_and_distinct_panels(tmp_path):
         assert not np.array_equal(cells[a], cells[b]), f"panels {a} and {b} are identical"
 
 
+def test_figure_follows_the_image_aspect(tmp_path):
+    """A wide image gets a low figure and a tall one a high figure: no fixed page with empty bands."""
+    wide = Image.open(draw_sample(_synthetic_sample(64, 256), tmp_path / "wide.png", None, dpi=30)).size
+    tall = Image.open(draw_sample(_synthetic_sample(256, 64), tmp_path / "tall.png", None, dpi=30)).size
+    assert wide == figure_size_px((64, 256), 30) and tall == figure_size_px((256, 64), 30)
+    assert wide[0] == tall[0] == 4 * 3 * 30
+    assert wide[1] == int(5 * (3 * 0.25 + 0.3) * 30) and tall[1] == int(5 * (3 * 4 + 0.3) * 30)
+    # a 1×1000 strip is clamped to a panel aspect of 1/4
+    assert figure_size_px((1, 1000), 30) == wide
+
+
+def test_shared_limits_one_scale_for_all_maps():
+    gt = np.array([[0.0, 2.0], [4.0, 0.0]])
+    base = np.array([[-1.0, 6.0], [8.0, 0.0]])
+    # non-zero values 2, 4, −1, 6, 8: the 50th percentile is 4, the minimum −1
+    assert shared_limits(gt, base, percentile=50) == (-1.0, 4.0)
+    assert shared_limits(gt, None, base, percentile=100) == (-1.0, 8.0)
+    assert shared_limits(gt, percentile=100) == (0.0, 4.0)  # never above 0 for vmin
+    assert shared_limits(np.zeros((2, 2))) == (0.0, 1.0)  # nothing to scale: a valid 0–1 bar
+    assert shared_limits(np.array([np.nan, 3.0]), percentile=100) == (0.0, 3.0)
+
+
+def test_segment_labels_sit_on_their_segment():
+    cats = CategorySet([Category(1, "road", False, 0), Category(2, "car", True, 1)])
+    pan = np.full((20, 20), 1000, np.int32)
+    pan[2:6, 2:6] = 2001
+    pan[0, 19] = 2002  # 1 px of 400: under 0.5 %, no label
+    segs = [{"id": 1000, "category_id": 1}, {"id": 2001, "category_id": 2}, {"id": 2002, "category_id": 2}]
+    labels = segment_labels(pan, segs, cats)
+    assert [t for *_, t in labels] == ["road", "car"]
+    for y, x, t in labels:
+        assert pan[int(y), int(x)] == (1000 if t == "road" else 2001)
+    assert labels[1][:2] == (3.0, 3.0)  # pixel nearest the 4×4 square's centroid (3.5, 3.5), first in raster order
+
+
 def test_draw_sample_without_base(tmp_path):
     s = {k: v for k, v in _synthetic_sample().items() if not k.startswith("base/")}
     out = draw_sample(s, tmp_path / "gt_only.png", None, dpi=40)
     png = np.asarray(Image.open(out))
-    assert png.shape[:2] == (600, 480)
+    assert png.shape[:2][::-1] == figure_size_px((48, 64), 40)
     with pytest.raises(ValueError):
         draw_sample({**s, "image": np.zeros((5, 5, 3), np.uint8)}, tmp_path / "bad.png")

@@ -196,12 +196,13 @@ def test_files_per_sample_and_xarray(tmp_path):
         _write(st, [i for i in (2 * k, 2 * k + 1) if i < 5], SIZES, k)
     st.consolidate()
     chunk_files = [p for p in (tmp_path / "s.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
-    # 13 sharded map arrays × 3 shards + 8 small arrays × 1 chunk
-    assert len(chunk_files) == 13 * 3 + 8
+    # 13 sharded map arrays × 3 shards + 8 small arrays × 1 chunk + 8 coordinate arrays × 1 chunk (sample ×3,
+    # gt/axis, gt/channel, base/channel, base/channel_scale, base/class)
+    assert len(chunk_files) == 13 * 3 + 8 + 8
     root = xr.open_zarr(tmp_path / "s.zarr")
     assert root["image"].dims == ("sample", "rgb", "height", "width") and root.sizes["sample"] == 5
     gt = xr.open_zarr(tmp_path / "s.zarr", group="gt")
-    assert gt["center"].attrs["scale"] == [1 / 1024]
+    assert gt["center"].attrs["scale"] == [1 / 1024] and gt["center"].encoding["scale_factor"] == 1 / 1024
     assert int(gt["panoptic"][1, 2, 3]) == 1001
     base = xr.open_zarr(tmp_path / "s.zarr", group="base")
     assert base["semantic"].dims == ("sample", "class", "height4", "width4")

@@ -63,9 +63,10 @@ def show(
     index: Optional[int] = typer.Argument(None, help="Sample index (0-based)."),
     by_id: Optional[str] = typer.Option(None, "--by-id", help="Select the sample by its image id instead."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write; default ./<store>-<index>-<image id>.png."),
-    dpi: int = typer.Option(80, "--dpi", min=20, max=600, help="Resolution: the PNG is 12×15 in at this dpi."),
+    dpi: int = typer.Option(80, "--dpi", min=20, max=600, help="Resolution: the PNG is 12 in wide (4 panels of 3 in) at this dpi, as high as the image's aspect makes it."),
 ) -> None:
-    """Draw one sample like the paper's Fig. 4: image, semantic, panoptic, centers, offsets, boxes, foreground."""
+    """Draw one sample's stored maps like the paper's Fig. 4: image, semantic, panoptic, centers, offsets, boxes
+    (GT and base on one colour scale), foreground (0–1). Predictions of a model: prn vis."""
     from ..show import draw_sample
     from ..store import open_store
 

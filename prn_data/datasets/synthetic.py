@@ -4,8 +4,9 @@ Each scene has textured stuff regions (4 stuff classes, wavy borders with thin V
 and thing instances of 3 shape classes (ellipse, rectangle, triangle) painted back to front, so later
 instances occlude earlier ones; some are placed edge to edge (touching) and some scenes hold a crowd region
 (a cluster of small shapes of one class, one ``iscrowd`` segment). A scene depends only on
-``(seed, split, index)``, so ``train`` and ``val`` differ, ``synthetic:10`` is the first 10 images of
-``synthetic:20``, and a rebuild is byte-identical. Images are written as PNG (lossless), so a read-back
+``(seed, split, index)``, so the splits differ (:data:`SPLITS`: ``train`` to learn from, ``val`` for any
+tuning, ``test`` only for reported tables; any other name is a split of its own too), ``synthetic:10`` is
+the first 10 images of ``synthetic:20``, and a rebuild is byte-identical. Images are written as PNG (lossless), so a read-back
 equals what was generated. The files follow the official layout and are read by the COCO reader.
 """
 
@@ -29,6 +30,8 @@ from .coco import CocoPanopticDataset
 from .common import abspath
 
 FORMAT_VERSION = 1
+# The three roles (README "The demo"): learn on train, tune on val, report on test.
+SPLITS = ("train", "val", "test")
 DEFAULT_MIN_SIZE = (160, 224)
 DEFAULT_MAX_SIZE = (256, 320)
 

@@ -39,6 +39,7 @@ The modules, one concept each:
   of stored codes;
 - :mod:`.chunks`: a sample's encoded chunks (:func:`encode_sample`) and its :func:`checksum`;
 - :mod:`.shards`: a shard's bytes (assembly, index, per-chunk CRC32C, direct chunk decompression);
+- :mod:`.coords`: what xarray needs besides (CF attributes, coordinate arrays; outside the schema's arrays);
 - :mod:`.core`: the open :class:`Store` and :func:`open_store`, and :class:`DamagedSample`, the error of a
   read that finds a sample damaged (README "Sharing stores"); :mod:`.create`: :func:`create_store`.
 """

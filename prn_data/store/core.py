@@ -48,6 +48,7 @@ from ..location import zarr_store
 from ..records import CategorySet
 from .chunks import checksum
 from .codes import crop_sample, decode
+from .coords import write_sample_coordinates
 from .schema import SCHEMA, SMALL_CHUNK, ArrayDef, schema
 from .shards import (NO_CHUNK, ChunkError, Layout, assemble_shard, check_crc32c, decompress_into,
                      ends_with_crc32c, index_nbytes, parse_index, parse_shard, shard_key, shard_layout)
@@ -431,13 +432,17 @@ class Store:
         return None if blob is None else blob.to_bytes()
 
     def sample_checksum(self, i: int) -> int:
-        """Recompute sample ``i``'s checksum from its stored bytes (map chunks) and values (small arrays)."""
+        """Recompute sample ``i``'s checksum from its stored bytes (map chunks) and values (small arrays).
+
+        Reads as :meth:`read_codes` does: the map chunks in one concurrent batch of range reads, the shard
+        indices and the small arrays' chunks once per shard or chunk on a read-only handle (``prn verify``
+        of a whole store then reads each small chunk once, not once per sample: a bounded number of
+        objects per sample, README "At COCO scale")."""
         i = self._check_index(i)
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(self._fetch(i, self.map_paths))
         for p, d in self.defs.items():
-            if p in ("done", "checksum"):
-                continue
-            values[p] = self.chunk_bytes(p, i) if d.sharded else self.array(p)[i]
+            if not d.sharded and p not in ("done", "checksum"):
+                values[p] = self._small(p, i)
         return checksum(self.defs.values(), values)
 
     def verify_sample(self, i: int) -> bool:
@@ -498,7 +503,9 @@ class Store:
 
     def consolidate(self) -> None:
         """Consolidate metadata (once, at the end of a build: consolidated metadata goes stale when arrays
-        are added after it, README "The store (Zarr v3)")."""
+        are added after it, README "The store (Zarr v3)"), after copying the image ids into the groups'
+        ``sample`` coordinates for xarray readers (:mod:`~prn_data.store.coords`)."""
+        write_sample_coordinates(self.group, self.values("image_id"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec" — known, chosen
             zarr.consolidate_metadata(self.zstore)

@@ -11,7 +11,9 @@ where the issues were silent").
 
 Every array carries ``dimension_names`` and an ``encoding`` attribute (``raw``, ``scale`` with
 ``scale``, ``lut`` with ``lut``, ``json`` or ``str``) so that other readers can decode without this package;
-``xarray.open_zarr(url)`` (root) and ``xarray.open_zarr(url, group="gt")`` open it.
+``xarray.open_zarr(url)`` (root) and ``xarray.open_zarr(url, group="gt")`` open it; CF attributes
+(``scale_factor``, ``units``, ``flag_values``) and coordinate arrays (image ids, channel and class names)
+make xarray decode floats and label the axes by itself (:mod:`~prn_data.store.coords`).
 
 Every chunk, of the map arrays (inside their shards) and of the small arrays, ends with zarr's ``crc32c``
 codec: the CRC32C of its compressed bytes, which :class:`~prn_data.store.core.Store` checks on every read
@@ -34,6 +36,7 @@ from zarr.core.sync import sync
 from ..errors import StoreError
 from ..location import local_path, zarr_store
 from ..records import CategorySet
+from .coords import cf_attributes, create_coordinates
 from .core import Store
 from .schema import DEFAULT_SHARD_SIZE, IMAGE_CODECS, SCHEMA, SMALL_CHUNK, ArrayDef, inner_codecs, schema
 
@@ -73,9 +76,11 @@ def create_store(url: str | Path, *, n: int, canvas: tuple[int, int], categories
     } | ({"chunk_checksum": "crc32c"} if crc32c else {})
     # prn_schema goes in last: a creation cut short leaves a group that is not (yet) a prn store
     group = zarr.create_group(zstore, zarr_format=3, overwrite=overwrite, attributes={"prn_creating": True})
-    for d in schema(canvas, len(categories), has_base, small_weight=small_weight, image_codec=image_codec,
-                    crc32c=crc32c):
-        create_array(group, d, n, shard_size)
+    defs = schema(canvas, len(categories), has_base, small_weight=small_weight, image_codec=image_codec,
+                  crc32c=crc32c)
+    for d in defs:
+        create_array(group, d, n, shard_size, cf_attributes(d, categories))
+    create_coordinates(group, defs, categories, n, crc32c)
     group.attrs.put(root_attrs)
     return Store(url, group, zstore, "r+")
 
@@ -91,21 +96,24 @@ def looks_like_prn_store(path: Path, creating_too: bool = False) -> bool:
     return "prn_schema" in attrs or (creating_too and attrs.get("prn_creating") is True)
 
 
-def create_array(group: zarr.Group, d: ArrayDef, n: int, shard_size: int) -> zarr.Array:
+def create_array(group: zarr.Group, d: ArrayDef, n: int, shard_size: int, extra_attrs: Mapping | None = None
+                 ) -> zarr.Array:
     """Array ``d`` of ``n`` samples in ``group``: a sharded map (one sample per chunk, ``shard_size`` per
-    shard, ``d``'s codec) or a small per-sample array (:data:`SMALL_CHUNK` samples per chunk)."""
+    shard, ``d``'s codec) or a small per-sample array (:data:`SMALL_CHUNK` samples per chunk).
+    ``extra_attrs`` (the CF attributes) join ``d``'s own."""
     dims = ("sample",) + d.dims
+    attrs = d.attrs() | dict(extra_attrs or {})
     crc = (zc.Crc32cCodec(),) if d.crc32c else ()
     if d.dtype == "str":  # zarr's default compressor for strings (zstd level 0), then the checksum
         return group.create_array(d.path, shape=(n,), chunks=(SMALL_CHUNK,), dtype=str, fill_value=d.fill,
-                                  dimension_names=dims, attributes=d.attrs(),
+                                  dimension_names=dims, attributes=attrs,
                                   compressors=(zc.ZstdCodec(level=0),) + crc)
     if not d.sharded:
         return group.create_array(d.path, shape=(n,) + d.shape, chunks=(SMALL_CHUNK,) + d.shape, dtype=d.dtype,
-                                  fill_value=d.fill, dimension_names=dims, attributes=d.attrs(),
+                                  fill_value=d.fill, dimension_names=dims, attributes=attrs,
                                   compressors=inner_codecs("zstd3", d.crc32c)[1])
     serializer, compressors = inner_codecs(d.codec, d.crc32c)
     return group.create_array(d.path, shape=(n,) + d.shape, chunks=(1,) + d.shape,
                               shards=(shard_size,) + d.shape, dtype=d.dtype, fill_value=d.fill,
-                              dimension_names=dims, attributes=d.attrs(), serializer=serializer,
+                              dimension_names=dims, attributes=attrs, serializer=serializer,
                               compressors=compressors)

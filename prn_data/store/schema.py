@@ -76,9 +76,9 @@ def schema(canvas: tuple[int, int], num_classes: int, has_base: bool, *, small_w
         ArrayDef("done", (), (), "bool", fill=False, sharded=False),
         ArrayDef("gt/semantic", hw, yx, "uint8", fill=IGNORE_LABEL),
         ArrayDef("gt/center", (1, H, W), ("heatmap",) + yx, "uint16", encoding="scale", scale=(HEATMAP_SCALE,)),
-        ArrayDef("gt/center_offset", (2, H, W), ("dydx",) + yx, off_dtype, encoding="scale",
+        ArrayDef("gt/center_offset", (2, H, W), ("axis",) + yx, off_dtype, encoding="scale",
                  scale=(OFFSET_SCALE,)),
-        ArrayDef("gt/box_offset", (4, H, W), ("tblr",) + yx, off_dtype, encoding="scale", scale=(OFFSET_SCALE,)),
+        ArrayDef("gt/box_offset", (4, H, W), ("channel",) + yx, off_dtype, encoding="scale", scale=(OFFSET_SCALE,)),
         ArrayDef("gt/foreground", hw, yx, "uint8"),
         ArrayDef("gt/semantic_weight", hw, yx, "uint8", encoding="lut", lut=sem_lut),
         ArrayDef("gt/center_weight", hw, yx, "uint8", encoding="lut", lut=(0.0, 1.0)),
@@ -88,7 +88,7 @@ def schema(canvas: tuple[int, int], num_classes: int, has_base: bool, *, small_w
     ]
     if has_base:
         defs += [
-            ArrayDef("base/instance", (7, H, W), ("instance_channel",) + yx, off_dtype, encoding="scale",
+            ArrayDef("base/instance", (7, H, W), ("channel",) + yx, off_dtype, encoding="scale",
                      scale=(HEATMAP_SCALE,) + (OFFSET_SCALE,) * 6),
             ArrayDef("base/semantic", (num_classes, H // 4, W // 4), ("class", "height4", "width4"), "uint16",
                      encoding="scale", scale=(PROB_SCALE,), codec="zstd3"),

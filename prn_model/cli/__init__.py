@@ -1,5 +1,5 @@
 """The ``prn`` console command: the data commands (:mod:`prn_data.cli`) and the model commands (train,
-evaluate, demo). Importing this package registers every model command module on :data:`app`."""
+evaluate, refine, plot, demo). Importing this package registers every model command module on :data:`app`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from .app import app
 from . import train as _train  # noqa: F401,E402
 from . import evaluate as _evaluate  # noqa: F401,E402
 from . import refine as _refine  # noqa: F401,E402
+from . import vis as _vis  # noqa: F401,E402
+from . import plot as _plot  # noqa: F401,E402
 from . import demo as _demo  # noqa: F401,E402
 
 

@@ -1,4 +1,5 @@
-"""``prn demo``: synthetic data → stores → COCO sample → training → base vs PRN evaluation (:mod:`prn_model.demo`)."""
+"""``prn demo``: synthetic data → stores → COCO sample → training → base, rule baseline, untrained PRN and PRN on
+the test split (:mod:`prn_model.demo`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def _size(text: str, name: str) -> tuple[int, int]:
 def demo(
     out: Path = typer.Option(Path("cache/demo"), "--out", help="Folder for everything the demo makes."),
     train_images: int = typer.Option(DemoOptions.train_images, "--train-images", min=1, help="Synthetic training scenes."),
-    val_images: int = typer.Option(DemoOptions.val_images, "--val-images", min=1, help="Synthetic held-out validation scenes."),
+    val_images: int = typer.Option(DemoOptions.val_images, "--val-images", min=1, help="Synthetic validation scenes (for tuning)."),
+    test_images: int = typer.Option(DemoOptions.test_images, "--test-images", min=1, help="Synthetic test scenes (the reported table)."),
     min_size: str = typer.Option("x".join(map(str, DEMO_MIN_SIZE)), "--min-size", help="Smallest synthetic scene, HxW."),
     max_size: str = typer.Option("x".join(map(str, DEMO_MAX_SIZE)), "--max-size", help="Largest synthetic scene, HxW."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Training iterations (default: the config's)."),
@@ -38,14 +40,17 @@ def demo(
     device: str = typer.Option("auto", "--device", help="Training / evaluation device: auto | cpu | cuda."),
 ) -> None:
     """Run the whole toolkit on the CPU: synthetic COCO-panoptic data and stores, the real COCO sample and
-    its drawing, PRN training, and the base-vs-PRN table; everything under OUT (re-runs reuse it)."""
+    its drawing, PRN training, and the test-split table (base, rule baseline, untrained PRN, PRN, the gain's
+    95% interval); everything under OUT (re-runs reuse it)."""
     from ..demo import run_demo
 
-    opts = DemoOptions(train_images=train_images, val_images=val_images, min_size=_size(min_size, "--min-size"),
+    opts = DemoOptions(train_images=train_images, val_images=val_images, test_images=test_images,
+                       min_size=_size(min_size, "--min-size"),
                        max_size=_size(max_size, "--max-size"), iters=iters, batch_size=batch_size,
                        config=None if config is None else str(config), base=base or DEMO_BASE,
                        coco_limit=coco_limit, workers=workers, scheduler=scheduler, device=device)
     report = run_demo(out, opts, console=console)
-    d = report["diff"]
-    console.print(f"PRN − base on {report['images']} held-out images: PQ {d['pq']:+.2f}, SQ {d['sq']:+.2f}, "
-                  f"RQ {d['rq']:+.2f}; all results in {Path(report['artifacts']['results'])}", soft_wrap=True)
+    d, (lo, hi) = report["diff"], report["gain_ci95"]
+    console.print(f"PRN − base on {report['images']} test images: PQ {d['pq']:+.2f} (95% interval [{lo:+.2f}, "
+                  f"{hi:+.2f}]), SQ {d['sq']:+.2f}, RQ {d['rq']:+.2f}; all results in "
+                  f"{Path(report['artifacts']['results'])}", soft_wrap=True)

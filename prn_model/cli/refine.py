@@ -25,6 +25,8 @@ def refine(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Threads preparing images ahead of the "
                                                                         "network (default: 0 on the CPU, 2 on a GPU)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch intra-op threads (default: "
+                                          "$PRN_THREADS, else 1; README 'Parallelism')."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Refine an image the base has no prediction "
                                                                       "for from an empty one."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions already in --out."),
@@ -45,7 +47,7 @@ def refine(
     with progress() as bar:
         task = bar.add_task("refine", total=len(imgs), rate="")
         summary = refine_to_folder(imgs, base, refiner, out, batch=batch, workers=workers,
-                                   allow_missing=allow_missing, overwrite=overwrite,
+                                   allow_missing=allow_missing, overwrite=overwrite, threads=threads,
                                    on_progress=lambda n, total: bar.update(task, completed=n))
     note = f" ({summary['missing']} without a base prediction)" if summary["missing"] else ""
     typer.echo(f"refined {summary['images']} images{note}: {summary['json']} + {summary['png_dir']}/")
