@@ -15,7 +15,6 @@ feed :func:`prn_data.bootstrap.paired_bootstrap` (images resampled, PQ recompute
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +29,7 @@ from prn_data.store import Store, open_store
 
 from .checkpoint import load_checkpoint, read_checkpoint
 from .devices import resolve_device
-from .evaluate import SUMMARY_KEYS, default_postprocess_config, predict, summary
+from .evaluate import SUMMARY_KEYS, default_postprocess_config, predict, summary, write_results
 from .network import PRN, PRNConfig
 from .ppgbf import PostProcessConfig
 from .scoring import StreamedScorer, locate_ground_truth
@@ -50,14 +49,14 @@ def untrained_model(checkpoint: str | Path, device: torch.device | str = "cpu", 
     return model.to(device).eval()
 
 
-def _rule(store: Store, meta: dict, params: RuleParams, cats: CategorySet) -> tuple[np.ndarray, list[Segment]]:
-    """The rule baseline of one sample at store resolution, from its stored base prediction."""
+def _rule(store: Store, meta: dict, base: tuple[np.ndarray, list[Segment]], params: RuleParams, cats: CategorySet,
+          divisor: int) -> tuple[np.ndarray, list[Segment]]:
+    """The rule baseline of one sample at store resolution, from its stored base prediction ``base``
+    (panoptic, segments)."""
     probs = np.asarray(store.read_sample(meta["index"], crop=False, arrays=["base/semantic"])["base/semantic"])
     h, w = meta["size"]
     labels = semantic_labels(probs, (4 * probs.shape[1], 4 * probs.shape[2]))[:h, :w]
-    segs = [Segment.from_json(d, cats) for d in meta["base/segments"]]
-    return rule_baseline(meta["base/panoptic"], segs, labels, cats, params,
-                         divisor=int(store.attrs.get("label_divisor", 1000)))
+    return rule_baseline(base[0], base[1], labels, cats, params, divisor=divisor)
 
 
 def compare_store(
@@ -89,6 +88,7 @@ def compare_store(
         raise PrnError(f"{store_url}: no finished samples to evaluate")
     cfg = cfg or default_postprocess_config(store.attrs)
     cats = store.categories
+    divisor = int(store.attrs["label_divisor"])
     truth = locate_ground_truth(store)
     out_dir = Path(out) if out is not None else None
     ev = StreamedScorer(truth, cats, NAMES, out_dir=out_dir, workers=workers)
@@ -97,7 +97,8 @@ def compare_store(
                     predict(untrained, store, indices, device=dev, cfg=cfg))
         for n, ((meta, refined), (_, plain)) in enumerate(pairs, 1):
             base = (meta["base/panoptic"], [Segment.from_json(d, cats) for d in meta["base/segments"]])
-            ev.add(meta, {"base": base, "rule": _rule(store, meta, rule, cats), "untrained": plain, "prn": refined})
+            ev.add(meta, {"base": base, "rule": _rule(store, meta, base, rule, cats, divisor), "untrained": plain,
+                          "prn": refined})
             if on_progress is not None:
                 on_progress(n, len(indices))
         results: dict = ev.finish()
@@ -109,10 +110,7 @@ def compare_store(
                                                seed=seed) for name in NAMES[1:]}
     results |= {"scored": truth.mode, "ground_truth": truth.where, "images": len(indices),
                 "rule_params": {"threshold": rule.threshold, "min_area": rule.min_area}}
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    return results
+    return write_results(out_dir, results)
 
 
 def format_compare(results: dict) -> str:

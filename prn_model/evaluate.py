@@ -297,6 +297,12 @@ def evaluate_store(
                 "threads": torch.get_num_threads(),
                 "base_predictions": "store resolution" if native is None else f"native predictions ({native.spec})",
                 "per_class_table": per_class_rows(results, cats)}
+    return write_results(out_dir, results)
+
+
+def write_results(out_dir: Path | None, results: dict) -> dict:
+    """``results`` as ``out_dir/results.json`` (folder made; numpy floats as floats) when ``out_dir`` is
+    given; returns ``results``."""
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
@@ -411,6 +417,7 @@ __all__ = [
     "GroundTruth",
     "locate_ground_truth",
     "evaluate_store",
+    "write_results",
     "format_comparison",
     "per_class_rows",
     "format_per_class",

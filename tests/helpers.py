@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from prn_data.records import Category, CategorySet
+from prn_data.testing import build_tiny_store
 from prn_model.config import TrainConfig, config_from_dict, override
+from prn_model.train import train
 
 # The smallest network: ResNet-18 layout at 1/8 width; GroupNorm so batches of one behave.
 TINY_MODEL = {"depth": 18, "widths": [8, 16, 32, 64], "n_en": 8, "c_de": 16, "skip_channels": 8,
@@ -28,6 +30,15 @@ def tiny_config(store: str, out: Path, **changes: Any) -> TrainConfig:
         "out": str(out),
     }
     return override(config_from_dict(d), **changes)
+
+
+def tiny_trained_run(tmp: Path, *, n: int = 2, split: str = "val", short: int = 32, max_long: int = 64,
+                     iters: int = 1) -> tuple[str, Path]:
+    """A tiny synthetic store (simulated base) of ``n`` samples at ``tmp/<split>.zarr`` and a checkpoint of
+    :data:`TINY_MODEL` after ``iters`` training steps on it: ``(store, tmp/run/model.pt)``."""
+    store = build_tiny_store(tmp / f"{split}.zarr", n=n, split=split, short=short, max_long=max_long)
+    train(tiny_config(store, tmp / "run", iters=iters), show_progress=False)
+    return store, tmp / "run" / "model.pt"
 
 
 # Two things and two stuff classes with non-contiguous ids, for merging and prediction-file tests.

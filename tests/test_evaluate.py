@@ -20,14 +20,13 @@ from prn_data.panoptic_io import read_rgb_ids
 from prn_data.pq import pq_compute, pq_from_arrays
 from prn_data.records import Segment
 from prn_data.store import open_store
-from prn_data.testing import build_tiny_store, perturb, repeat_images
+from prn_data.testing import perturb, repeat_images
 from prn_model.cli import app
 from prn_model.checkpoint import load_checkpoint
 from prn_model.evaluate import evaluate_model, evaluate_store, predict
 from prn_model.scoring import GroundTruth, StreamedScorer
-from prn_model.train import train
 
-from helpers import tiny_config
+from helpers import tiny_trained_run
 
 runner = CliRunner()
 
@@ -81,10 +80,7 @@ def test_prn_pq_bad_input_is_one_line_exit_2(perturbed, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny synthetic store and a checkpoint after 2 training steps."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    store = build_tiny_store(tmp / "val.zarr", n=2, split="val", short=32, max_long=64)
-    train(tiny_config(store, tmp / "run", iters=2), show_progress=False)
-    return store, tmp / "run" / "model.pt"
+    return tiny_trained_run(tmp_path_factory.mktemp("evaluate"), iters=2)
 
 
 @pytest.mark.slow

@@ -124,14 +124,9 @@ def test_threads_setting(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from helpers import tiny_config
+    from helpers import tiny_trained_run
 
-    from prn_model.train import train
-
-    tmp = tmp_path_factory.mktemp("threads")
-    store = build_tiny_store(tmp / "val.zarr", n=2, split="val", short=32, max_long=64)
-    train(tiny_config(store, tmp / "run", iters=1), show_progress=False)
-    return store, tmp / "run" / "model.pt"
+    return tiny_trained_run(tmp_path_factory.mktemp("threads"))
 
 
 def test_evaluate_and_refine_apply_the_thread_count(trained, tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from prn_data.records import VOID
 from prn_data.resize import ResizePolicy
 from prn_data.store import open_store
 from prn_data.targets import TargetParams
-from prn_data.testing import COCO_SAMPLE, build_tiny_store, run_prn
+from prn_data.testing import COCO_SAMPLE, run_prn
 from prn_model.checkpoint import read_checkpoint
 from prn_model.evaluate import evaluate_store
 from prn_model.refine import (
@@ -44,7 +44,7 @@ from prn_model.refine import (
 )
 from prn_model.train import train
 
-from helpers import tiny_config
+from helpers import tiny_config, tiny_trained_run
 
 GT_JSON = COCO_SAMPLE / "annotations" / "panoptic_val2017.json"
 GT_DIR = COCO_SAMPLE / "annotations" / "panoptic_val2017"
@@ -71,9 +71,8 @@ def coco_run(tmp_path_factory):
 def synthetic_run(tmp_path_factory):
     """A tiny synthetic store (simulated base) and a checkpoint after one training step on it."""
     tmp = tmp_path_factory.mktemp("refine-synthetic")
-    store = build_tiny_store(tmp / "train.zarr", n=3, split="train", short=48, max_long=64)
-    train(tiny_config(store, tmp / "run", iters=1), show_progress=False)
-    return {"store": store, "ckpt": tmp / "run" / "model.pt", "tmp": tmp}
+    store, ckpt = tiny_trained_run(tmp, n=3, split="train", short=48)
+    return {"store": store, "ckpt": ckpt, "tmp": tmp}
 
 
 def _anns(path):

@@ -15,16 +15,15 @@ from prn_data.datasets import open_dataset
 
 from prn_data.show import figure_size_px
 from prn_data.store import open_store
-from prn_data.testing import build_tiny_store, run_prn
+from prn_data.testing import run_prn
 from prn_model.checkpoint import load_checkpoint
 from prn_model.cli import app
 from prn_model.evaluate import default_postprocess_config
 from prn_model.ppgbf import PostProcessConfig
 from prn_model.refine import refine_to_folder
-from prn_model.train import train
 from prn_model.vis import draw_store_samples, gate_map
 
-from helpers import tiny_config
+from helpers import tiny_trained_run
 
 runner = CliRunner()
 
@@ -33,9 +32,8 @@ runner = CliRunner()
 def run(tmp_path_factory):
     """A tiny synthetic store (simulated base) and a checkpoint after one training step on it."""
     tmp = tmp_path_factory.mktemp("vis")
-    store = build_tiny_store(tmp / "train.zarr", n=2, split="train", short=48, max_long=64)
-    train(tiny_config(store, tmp / "run", iters=1), show_progress=False)
-    return {"store": store, "ckpt": tmp / "run" / "model.pt", "tmp": tmp}
+    store, ckpt = tiny_trained_run(tmp, split="train", short=48)
+    return {"store": store, "ckpt": ckpt, "tmp": tmp}
 
 
 def test_gate_map_hand_case():
