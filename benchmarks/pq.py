@@ -8,7 +8,10 @@ PNGs) and a perturbed prediction of it (tests/test_pq.py's perturbation). Each s
 is timed in CPU time per image (hotcoco with ``RAYON_NUM_THREADS=1``); the scorers are interleaved over
 ``--rounds`` rounds and the medians printed, with the median of the per-round ratios to hotcoco.
 
-- ``prn files``: :func:`prn_data.pq.pq_compute` with one worker (two PNG decodes per image).
+- ``prn files``: :func:`prn_data.pq.pq_compute` with one worker (two PNG decodes per image), with every
+  fast path installed here (kornia-rs's decoder, numba's pair count: the ``fast`` extra).
+- ``files, numpy``: the same with the pair count in numpy (numba not used); ``files, plain``: neither
+  extra (libspng decodes, numpy counts), as a bare ``pip install prn`` runs.
 - ``prn in memory``: :class:`prn_model.scoring.StreamedScorer` with one worker, ground truth read from the
   PNGs, predictions handed over as ``int32`` maps (VOID = −1) at the original size, nothing written: what
   ``prn evaluate`` does per image besides resizing and writing (one PNG decode per image).
@@ -38,7 +41,7 @@ from typing import Callable
 import numpy as np
 from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import average_pq, evaluatePanoptic, pq_compute_single_core
 
-from prn_data import panoptic_io
+from prn_data import panoptic_io, pq_kernel
 from prn_data.datasets import open_dataset
 from prn_data.panoptic_io import read_rgb_ids
 from prn_data.pq import pq_compute
@@ -148,8 +151,24 @@ def main() -> None:
             with quiet():
                 return hotcoco_panoptic.pq_compute(str(files[0]), str(files[2]), str(gt_dir), str(files[3]))
 
+        def without(numba: bool = True, kornia: bool = False) -> Callable[[], dict]:
+            def run() -> dict:
+                saved = pq_kernel.ENABLED, panoptic_io.kornia_io
+                pq_kernel.ENABLED = not numba
+                if kornia:
+                    panoptic_io.kornia_io = None
+                try:
+                    return pq_compute(*files, workers=1)
+                finally:
+                    pq_kernel.ENABLED, panoptic_io.kornia_io = saved
+            return run
+
         scorers: dict[str, Callable[[], dict]] = {"prn files": lambda: pq_compute(*files, workers=1),
                                                   "prn in memory": in_memory}
+        if pq_kernel.available():
+            scorers["files, numpy"] = without()
+        if panoptic_io.kornia_io is not None or pq_kernel.available():
+            scorers["files, plain"] = without(kornia=True)
         if hotcoco_panoptic is not None:
             scorers["hotcoco"] = hotcoco
         scorers["cityscapes"] = cityscapes
@@ -172,9 +191,12 @@ def main() -> None:
 
     ours = results["prn files"]
     assert results["prn in memory"] == ours, "the in-memory scorer's figures differ from the file scorer's"
+    for k in ("files, numpy", "files, plain"):
+        assert results.get(k, ours) == ours, f"{k}: figures differ from the fast path's"
     decoder = "kornia-rs (png crate)" if panoptic_io.kornia_io is not None else "libspng (imagecodecs)"
+    count = "numba" if pq_kernel.available() else "numpy"
     print(f"{n} images (COCO sample x{args.copies}), one core each, CPU ms / image, median of {args.rounds} rounds; "
-          f"PNG decoder: {decoder}")
+          f"PNG decoder: {decoder}; pair count: {count}")
     ref = "hotcoco" if "hotcoco" in times else "cityscapes"
     print(f"  {'':14s} {'ms':>6s}  {ref + ' / it':>14s}  rounds")
     for name, ts in times.items():
@@ -183,7 +205,7 @@ def main() -> None:
         print(f"  {name:14s} {statistics.median(ts):6.2f}  {ratio:14.2f}  {', '.join(f'{t:.2f}' for t in ts)}")
     if "hotcoco" not in times:
         print("  hotcoco        not installed (pip install -e '.[bench]')")
-    print("largest difference to prn's figures: in memory 0 (asserted ==); "
+    print("largest difference to prn's figures: in memory, numpy, plain 0 (asserted ==); "
           + "; ".join(f"{k} {worst(ours, results[k]):.1e}" for k in scorers if k.startswith(("hotcoco", "cityscapes"))))
     if args.all_cores:
         print(f"all cores, wall: prn {1000 * t_ours / n:.2f} ms / image, cityscapes evaluatePanoptic "

@@ -19,7 +19,14 @@ canvas), and the store is measured:
 5. ``prn verify`` throughput (:func:`prn_data.verify.verify_store`, samples/s, on the first
    ``--verify`` samples' worth of time: the full store when it is 0);
 6. **random-access reads**: ``read_sample`` of ``--reads`` random samples, ms/sample, locally and over HTTP;
-7. the consolidated metadata's size (root ``zarr.json``) and the **files per 1000 samples**.
+7. the consolidated metadata's size (root ``zarr.json``) and the **files per 1000 samples**;
+8. **real size**: the per-sample costs at full size on real samples (``--real``, by default the COCO sample
+   shipped in ``prn_data/samples/coco``; ``--real-repeats`` times each): stored bytes with the lossless
+   ``zstd`` image codec and with lossless ``jpegxl``, and the CPU seconds of one sample's work on one core
+   (load, resize to the paper's 640/800 policy, targets, simulated 133-class base, encode), at the
+   800×800 canvas COCO's landscape and portrait images share; then the **projection** of COCO train2017
+   (``--project`` samples): bytes, files (at the files per 1000 samples measured above) and build hours on
+   N Dask workers (real-size work + the build's machinery per sample measured above, one core per worker).
 
 Run it at a few sizes (``--samples 5000``, ``20000``) to see how each figure scales with N.
 """
@@ -145,6 +152,48 @@ def random_reads(url: str, n: int, reads: int, seed: int = 0) -> float:
     return (time.perf_counter() - t) * 1e3 / reads
 
 
+def real_size_costs(spec: str, split: str, repeats: int, tmp: Path) -> dict:
+    """Per-sample costs at full size over the samples of dataset ``spec``: ``{"samples", "canvas",
+    "bytes": {codec: bytes/sample}, "cpu": {codec: CPU s/sample}}``. Bytes: every compressed map chunk plus
+    the small values, as the build writes them; CPU: :func:`prn_data.build.make_sample` plus
+    :func:`prn_data.store.encode_sample` (process CPU time: a codec's own threads count), the median over ``repeats``, averaged over samples."""
+    from prn_data.base import open_base
+    from prn_data.build import bound_zarr_concurrency, make_sample
+    from prn_data.datasets import open_dataset
+    from prn_data.resize import ResizePolicy
+    from prn_data.store import create_store, encode_sample
+    from prn_data.targets import TargetParams
+
+    ds = open_dataset(spec, split)
+    base = open_base("simulated", ds.categories)
+    policy, params = ResizePolicy(), TargetParams()
+    canvas = policy.canvas()
+    bound_zarr_concurrency(1)  # one thread, as one Dask worker thread runs a sample
+    defs = {}
+    for codec in ("zstd", "jpegxl"):
+        st = create_store(tmp / f"real-{codec}.zarr", n=len(ds), canvas=canvas, categories=ds.categories,
+                          attrs={"dataset": ds.describe(), "split": split, "base": "simulated",
+                                 "target_params": params.to_json()}, has_base=True,
+                          image_codec=codec, small_weight=params.small_instance_weight)
+        defs[codec] = list(st.defs.values())
+    nbytes = {c: 0.0 for c in defs}
+    cpu = {c: 0.0 for c in defs}
+    for i in range(len(ds)):
+        per = {c: [] for c in defs}
+        for _ in range(repeats):
+            for codec, d in defs.items():
+                t = time.process_time()
+                maps, meta = make_sample(ds, base, i, policy, params, len(ds.categories))
+                chunks, meta = encode_sample(d, maps, meta)
+                per[codec].append(time.process_time() - t)
+                nbytes[codec] += (sum(len(b) for b in chunks.values() if b) + len(json.dumps(meta))) / repeats
+        for codec in defs:
+            cpu[codec] += float(np.median(per[codec]))
+    n = len(ds)
+    return {"samples": n, "canvas": canvas, "bytes": {c: v / n for c, v in nbytes.items()},
+            "cpu": {c: v / n for c, v in cpu.items()}}
+
+
 def start_server(directory: Path) -> tuple[subprocess.Popen, str]:
     """A byte-range HTTP server (``tests/http_serving.py``) over ``directory`` in a child process."""
     # A listen backlog of 5 (socketserver's default) drops the SYNs of a reader's concurrent range reads
@@ -167,6 +216,11 @@ def main() -> None:
     ap.add_argument("--rss-every", type=float, default=2.0, help="seconds between RSS samples")
     ap.add_argument("--tmp", default=None, help="folder for the dataset and the store (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the dataset and the store")
+    ap.add_argument("--real", default=None, help="dataset spec of the real-size samples (default: the shipped "
+                    "COCO sample, coco:prn_data/samples/coco)")
+    ap.add_argument("--real-split", default="val2017")
+    ap.add_argument("--real-repeats", type=int, default=3)
+    ap.add_argument("--project", type=int, default=COCO_TRAIN2017, help="samples of the projected full-size store")
     args = ap.parse_args()
 
     from prn_data.build import BuildConfig, build
@@ -266,6 +320,27 @@ def main() -> None:
         files = sum(1 for p in out.rglob("*") if p.is_file())
         print(f"\n## consolidated metadata (root zarr.json): {meta / 1e3:.1f} KB; files: {files} for {n} samples "
               f"= {files / n * 1e3:.1f} per 1000 samples; store {sum(p.stat().st_size for p in out.rglob('*') if p.is_file()) / n:.0f} B/sample")
+
+        # 8. real size, and the projection of the full-size store
+        from prn_data.testing import COCO_SAMPLE
+
+        spec = args.real or f"coco:{COCO_SAMPLE}"
+        real = real_size_costs(spec, args.real_split, args.real_repeats, tmp)
+        H, W = real["canvas"]
+        print(f"\n## real size: {real['samples']} samples of {spec} ({args.real_split}), resized 640/800, canvas "
+              f"{H}×{W}, 133-class simulated base, one thread, median of {args.real_repeats}")
+        for codec in real["bytes"]:
+            print(f"   image codec {codec:6s}: {real['bytes'][codec] / 1e6:.3f} MB/sample stored, "
+                  f"{real['cpu'][codec]:.3f} CPU s/sample")
+        P = args.project
+        machinery = cpu  # CPU s/sample of the tiny build: Dask tasks, shard and small-array writes, done
+        print(f"\n## projection: {P} samples at full size (measured per-sample costs × {P})")
+        print(f"   files ≈ {files / n * P:,.0f} (at {files / n * 1e3:.1f} per 1000 samples)")
+        for codec in real["bytes"]:
+            core_h = P * (real["cpu"][codec] + machinery) / 3600
+            on = ", ".join(f"{w} workers {core_h / w:.2f} h" for w in (2, 8, 32))
+            print(f"   {codec:6s}: {real['bytes'][codec] * P / 1e9:,.0f} GB; build {core_h:.1f} core-hours "
+                  f"({real['cpu'][codec] * 1e3:.0f} + {machinery * 1e3:.1f} ms/sample) → {on}")
         print(f"\n# load average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
     finally:
         if server is not None:

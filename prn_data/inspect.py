@@ -38,14 +38,15 @@ def _codec_str(codec: Codec) -> str:
     return f"{d['name']}({args})" if args else str(d["name"])
 
 
-def array_info(array: zarr.Array, n_done: int | None = None) -> dict:
+def array_info(array: zarr.Array, n_done: int | None = None, stored: int | None = None) -> dict:
     """Layout and size of one ``zarr.Array``: path, shape, dtype, chunks, shards (``None`` when not
     sharded), dimension names, codec chain (filters → serializer → compressors, inside the shard), stored
     bytes, decoded bytes of the done samples, and their ratio. ``n_done`` scales the decoded size when the
-    first axis is the sample axis."""
+    first axis is the sample axis. ``stored``: the stored bytes when known (the build's record,
+    :func:`recorded_sizes`); otherwise they are summed over a listing of the array's objects."""
     shape = tuple(int(s) for s in array.shape)
     codecs = [*array.filters, array.serializer, *array.compressors]
-    stored = int(array.nbytes_stored())
+    stored = int(array.nbytes_stored()) if stored is None else int(stored)
     nbytes = int(array.nbytes)
     if n_done is not None and shape and shape[0] > 0:
         nbytes = nbytes * n_done // shape[0]
@@ -73,6 +74,31 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+#: Root attribute in which the build records each array's stored bytes: ``{"samples_done": n, "arrays":
+#: {path: bytes}}`` (:func:`record_sizes`).
+SIZES_ATTR = "stored_bytes"
+
+
+def record_sizes(group: zarr.Group, n_done: int) -> dict:
+    """The attribute value :data:`SIZES_ATTR` for ``group`` as it is now: each array's stored bytes (its
+    objects, ``zarr.json`` included, listed once here, at the end of the build) and the done count it is
+    valid for."""
+    arrays = {p: a for p, a in group.members(max_depth=None) if isinstance(a, zarr.Array)}
+    return {"samples_done": int(n_done), "arrays": {p: int(a.nbytes_stored()) for p, a in sorted(arrays.items())}}
+
+
+def recorded_sizes(attrs: dict, paths: list[str], n_done: int) -> dict[str, int] | None:
+    """The build's record of the arrays' stored bytes when it covers ``paths`` and was made at ``n_done``
+    done samples (a build interrupted after that point has changed the shards), else None."""
+    rec = attrs.get(SIZES_ATTR)
+    if not isinstance(rec, dict) or rec.get("samples_done") != n_done:
+        return None
+    sizes = rec.get("arrays")
+    if not isinstance(sizes, dict) or not all(isinstance(sizes.get(p), int) for p in paths):
+        return None
+    return {p: sizes[p] for p in paths}
+
+
 def store_info(url: str) -> dict:
     """Everything ``prn info`` shows, as a JSON-ready dict:
 
@@ -82,12 +108,17 @@ def store_info(url: str) -> dict:
     - ``totals``: ``stored_bytes``, ``nbytes``, ``ratio``, ``stored_bytes_per_sample``;
     - ``provenance``: every other root attribute (package version, git revision, creation time, target
       and resize parameters, …).
+
+    Reads the consolidated metadata and the ``done`` chunks only, whatever the number of samples (README
+    "At COCO scale"): the stored bytes come from the build's record (:data:`SIZES_ATTR`). A store without a
+    valid record (built before it existed, or an interrupted build) has its objects listed instead, which
+    over HTTP means one request per object.
     """
     store = open_store(str(url), mode="r")
     group = store.group
     attrs = dict(store.attrs)
     summary: dict[str, Any] = {}
-    used = {"categories"}
+    used = {"categories", SIZES_ATTR}
     for key, names in _SUMMARY_KEYS.items():
         name = next((n for n in names if n in attrs), None)
         summary[key] = attrs.get(name) if name else None
@@ -104,8 +135,9 @@ def store_info(url: str) -> dict:
     summary["samples_total"] = n_total
     summary["samples_done"] = n_done
     summary["num_categories"] = len(attrs.get("categories") or [])
+    sizes = recorded_sizes(attrs, list(arrays), n_done) or {}
     rows = [
-        array_info(arrays[p], n_done if arrays[p].ndim and arrays[p].shape[0] == n_total else None)
+        array_info(arrays[p], n_done if arrays[p].ndim and arrays[p].shape[0] == n_total else None, sizes.get(p))
         for p in sorted(arrays)
     ]
     stored = sum(r["stored_bytes"] for r in rows)
@@ -172,4 +204,4 @@ def render_info(info: dict, console: Console) -> None:
     console.print(prov)
 
 
-__all__ = ["array_info", "store_info", "render_info"]
+__all__ = ["array_info", "store_info", "render_info", "record_sizes", "recorded_sizes", "SIZES_ATTR"]

@@ -133,16 +133,17 @@ _scratch = threading.local()
 _SCRATCH_MAX = 64 << 20
 
 
-def _rgb_scratch(shape: tuple[int, int, int]) -> np.ndarray | None:
-    """This thread's reusable ``uint8`` array of ``shape`` (its earlier contents overwritten by the next
-    call), or None past :data:`_SCRATCH_MAX`. Decoding into it spares the page faults of a fresh
-    allocation per image, which on a busy machine cost as much as the decode itself."""
+def _rgb_scratch(shape: tuple[int, int, int], key: str = "rgb") -> np.ndarray | None:
+    """This thread's reusable ``uint8`` array of ``shape`` named ``key`` (its earlier contents overwritten
+    by the next call with that key), or None past :data:`_SCRATCH_MAX`. Decoding into it spares the page
+    faults of a fresh allocation per image, which on a busy machine cost as much as the decode itself."""
     n = shape[0] * shape[1] * shape[2]
     if n > _SCRATCH_MAX:
         return None
-    buf = getattr(_scratch, "rgb", None)
+    buf = getattr(_scratch, key, None)
     if buf is None or buf.size < n:
-        buf = _scratch.rgb = np.empty(max(n, 1 << 20), dtype=np.uint8)
+        buf = np.empty(max(n, 1 << 20), dtype=np.uint8)
+        setattr(_scratch, key, buf)
     return buf[:n].reshape(shape)
 
 
@@ -165,13 +166,16 @@ def decode_png(path: str | Path) -> np.ndarray:
     return _decode_png(Path(path), reuse=False)
 
 
-def _decode_png(path: Path, *, reuse: bool) -> np.ndarray:
+def _decode_png(path: str | Path, *, reuse: bool | str) -> np.ndarray:
     """:func:`decode_png`; with ``reuse`` the pixels may lie in this thread's scratch buffer
-    (:func:`_rgb_scratch`), valid until the thread's next call."""
+    (:func:`_rgb_scratch`; ``reuse`` may name one), valid until the thread's next call with the same
+    ``reuse``. ``path`` may stay a ``str``: a ``Path`` costs about as much to make as a small file to read
+    (PQ reads two per image)."""
     data = None
     if kornia_io is not None or imagecodecs is not None:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError:
             pass  # image_size says what is wrong
     if data is None or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" \
@@ -187,7 +191,9 @@ def _decode_png(path: Path, *, reuse: bool) -> np.ndarray:
                 pass
         if imagecodecs is not None:
             try:
-                out = _rgb_scratch(head) if reuse and head is not None else None
+                out = None
+                if reuse and head is not None:
+                    out = _rgb_scratch(head, reuse) if isinstance(reuse, str) else _rgb_scratch(head)
                 return imagecodecs.spng_decode(data, out=out)
             except Exception:
                 pass

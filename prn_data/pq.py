@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
+from . import pq_kernel
 from .errors import DatasetError
-from .panoptic_io import _decode_png, rgb2id
+from .panoptic_io import _decode_png, cv2, rgb2id
 from .records import Category, CategorySet, Segment
 
 FILE_VOID = 0
@@ -60,6 +62,14 @@ class SegmentTable:
     @staticmethod
     def from_segments(segments: Iterable[SegmentLike], with_area: bool = False) -> "SegmentTable":
         """From :class:`prn_data.records.Segment` objects or COCO ``segments_info`` dicts."""
+        segments = segments if isinstance(segments, list) else list(segments)
+        if all(type(s) is dict for s in segments):  # COCO JSON: one comprehension per field
+            return SegmentTable(
+                np.array([s["id"] for s in segments], dtype=np.int64),
+                np.array([s["category_id"] for s in segments], dtype=np.int64),
+                np.array([bool(s.get("iscrowd", 0)) for s in segments], dtype=bool),
+                np.array([s.get("area", 0) for s in segments], dtype=np.int64) if with_area else None,
+            )
         ids, cats, crowd, area = [], [], [], []
         for s in segments:
             if isinstance(s, Mapping):
@@ -182,6 +192,22 @@ def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return np.take(gt, starts), np.take(pred, starts), length
 
 
+#: The bits of a PNG word (R, G, B and a 4th byte: alpha, 255 or another pixel's) that make its id.
+_PNG_ID_BITS = 0xFFFFFF
+
+
+def _ids(m: np.ndarray, form: str, negative_as: int | None) -> np.ndarray:
+    """Flat ids of ``m`` (``form`` as :func:`prn_data.pq_kernel.count_pairs`'); with ``negative_as``,
+    negative ids replaced by it."""
+    if form == "words":
+        m = np.bitwise_and(m, _PNG_ID_BITS)
+    elif form == "rgb":
+        m = rgb2id(m.reshape(-1, 1, 3)).reshape(-1)
+    if negative_as is not None:
+        m = np.where(m < 0, negative_as, m)
+    return m
+
+
 def pq_image(
     gt_ids: np.ndarray,
     gt: SegmentTable,
@@ -204,21 +230,54 @@ def pq_image(
     """
     if gt_ids.shape != pred_ids.shape:
         raise DatasetError(name, f"prediction is {pred_ids.shape}, ground truth {gt_ids.shape}")
-    G, P = len(gt.ids), len(pred.ids)
-    g, p, length = _runs(gt_ids.reshape(-1), pred_ids.reshape(-1))
-    if negative_void:
-        p = np.where(p < 0, void, p)
+    return _image_stats(gt_ids.reshape(-1), gt, pred_ids.reshape(-1), pred, form="ids", void=void,
+                        negative_void=negative_void, categories=categories, name=name)
+
+
+def _count_numpy(g: np.ndarray, p: np.ndarray, g_keys: np.ndarray, p_keys: np.ndarray, form: str,
+                 negative_as: int | None) -> np.ndarray:
+    """:func:`prn_data.pq_kernel.count_pairs`'s counts with numpy: runs, compacted ids, one ``bincount``.
+    ``form``: ``"ids"`` or ``"words"``. Words and ``negative_as`` (see :func:`_ids`) become ids at the
+    runs only: a word's 4th byte can only cut a run in two, which leaves every pair's count as it is."""
+    G, P = len(g_keys) - 1, len(p_keys) - 1
+    g, p, length = _runs(g, p)
+    g, p = _ids(g, form, None), _ids(p, form, negative_as)
     # Index 0 is VOID, 1..S the listed segments, S+1 any id not listed.
-    gi = _compact(g, np.concatenate([[void], gt.ids]), G + 1)
-    pj = _compact(p, np.concatenate([[void], pred.ids]), P + 1)
+    gi = _compact(g, g_keys, G + 1)
+    pj = _compact(p, p_keys, P + 1)
     pair = np.multiply(gi, P + 2, dtype=np.intp)
     pair += pj
     # Run lengths as float64 weights: sums of integers below 2**53, exact.
     conf = np.bincount(pair, weights=length, minlength=(G + 2) * (P + 2)).reshape(G + 2, P + 2)
-    if length is not None:
-        conf = conf.astype(np.int64)
+    return conf.astype(np.int64) if length is not None else conf
+
+
+def _image_stats(
+    g: np.ndarray,
+    gt: SegmentTable,
+    p: np.ndarray,
+    pred: SegmentTable,
+    *,
+    form: str,
+    void: int,
+    negative_void: bool,
+    categories: Iterable[int] | None,
+    name: str | None,
+) -> ImageStats:
+    """:func:`pq_image` on flat maps in ``form`` (:func:`prn_data.pq_kernel.count_pairs`'): ids, PNG words
+    (the high byte left as the decoder gave it) or a PNG's RGB bytes."""
+    G, P = len(gt.ids), len(pred.ids)
+    g_keys = np.concatenate([[void], gt.ids]).astype(np.int64, copy=False)
+    p_keys = np.concatenate([[void], pred.ids]).astype(np.int64, copy=False)
+    # a negative prediction counts where VOID's own value would (the last key equal to it wins, as in _compact)
+    p_negative = int(np.flatnonzero(p_keys == void)[-1]) if negative_void else -1
+    conf = pq_kernel.count_pairs(g, g_keys, p, p_keys, form=form, p_negative=p_negative)
+    if conf is None:
+        if form == "rgb":
+            g, p, form = _ids(g, form, None), _ids(p, form, None), "ids"
+        conf = _count_numpy(g, p, g_keys, p_keys, form, void if negative_void else None)
     if conf[:, P + 1].any():
-        bad = np.setdiff1d(np.unique(p[pj == P + 1]), [void])[:5].tolist()
+        bad = np.setdiff1d(np.unique(_ids(p, form, void if negative_void else None)), p_keys)[:5].tolist()
         raise DatasetError(name, f"predicted segment ids {bad} are in the PNG but not in the JSON")
     pred_area = conf[:, 1 : P + 1].sum(0)
     present = pred_area > 0
@@ -230,6 +289,11 @@ def pq_image(
         if unknown:
             raise DatasetError(name, f"predicted category ids {sorted(unknown)} are unknown")
     gt_area = gt.area if gt.area is not None else conf[1 : G + 1, :].sum(1)
+    matched = pq_kernel.match_segments(conf, gt.ids, gt.category, gt.iscrowd, gt_area, pred.category, pred_area)
+    if matched is not None:
+        rows, iou, fp, fn = matched
+        return ImageStats(tp_category=gt.category[rows], tp_iou=iou, fp_category=pred.category[fp],
+                          fn_category=gt.category[fn])
     inter = conf[1 : G + 1, 1 : P + 1]
     on_void = conf[0, 1 : P + 1]
 
@@ -239,8 +303,11 @@ def pq_image(
     gm, pm = gm[same], pm[same]
     common = inter[gm, pm]
     union = pred_area[pm] + gt_area[gm] - common - on_void[pm]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    if (union > 0).all():  # always, unless the JSON's areas are wrong: spares the errstate's cost
         iou = common / union
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = common / union
     match = iou > 0.5
     gm, pm, iou = gm[match], pm[match], iou[match]
     order = np.argsort(gt.ids[gm], kind="stable")
@@ -255,16 +322,17 @@ def pq_image(
     crowd_row = {}
     for r in np.nonzero(gt.iscrowd & ~gt_matched)[0].tolist():
         crowd_row[int(gt.category[r])] = r
-    ignored = on_void.astype(np.float64)
+    ignored = on_void.copy()
     if crowd_row:
         rows = np.array([crowd_row.get(c, -1) for c in pred.category.tolist()], dtype=np.int64)
         has = rows >= 0
         ignored[has] += inter[rows[has], np.nonzero(has)[0]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fp = ~pred_matched & present & ~(ignored / pred_area > 0.5)
+    # panopticapi's ignored / area > 0.5, in integers: the same for every area below 2**53, and for the
+    # segments absent from the map (area 0) too, which present leaves out
+    fp = ~pred_matched & present & (2 * ignored <= pred_area)
     return ImageStats(
         tp_category=gt.category[gm],
-        tp_iou=iou.astype(np.float64),
+        tp_iou=iou.astype(np.float64, copy=False),
         fp_category=pred.category[fp],
         fn_category=gt.category[fn],
     )
@@ -355,12 +423,15 @@ def read_png_ids(path: str | Path, out: np.ndarray | None = None) -> np.ndarray:
     return rgb2id(_png_rgb(path), out=out).view(np.uint32)
 
 
-def _png_rgb(path: str | Path) -> np.ndarray:
-    """A panoptic PNG's ``(H, W, 3|4) uint8`` pixels, possibly in this thread's decode scratch buffer."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, "panoptic PNG is missing")
-    rgb = _decode_png(path, reuse=True)
+def _png_rgb(path: str | Path, scratch: bool | str = True) -> np.ndarray:
+    """A panoptic PNG's ``(H, W, 3|4) uint8`` pixels, possibly in this thread's decode scratch buffer
+    (one per name when ``scratch`` is a str: :func:`prn_data.panoptic_io._decode_png`'s ``reuse``)."""
+    try:
+        rgb = _decode_png(path, reuse=scratch)
+    except DatasetError:
+        if not os.path.isfile(path):  # asked only after a failure: a stat less per image
+            raise DatasetError(path, "panoptic PNG is missing") from None
+        raise
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
         raise DatasetError(path, f"panoptic PNG must be 8-bit RGB, got shape {rgb.shape} {rgb.dtype}")
     return rgb
@@ -379,13 +450,31 @@ class PngIdReader(threading.local):
     def read(self, path: str | Path, role: str = "gt") -> np.ndarray:
         """``(H, W) uint32`` ids of the PNG at ``path`` (errors as :func:`read_png_ids`)."""
         rgb = _png_rgb(path)
-        n = rgb.shape[0] * rgb.shape[1]
-        buf = None
-        if n <= self.limit:
-            buf = self.buffers.get(role)
-            if buf is None or buf.size < n:
-                buf = self.buffers[role] = np.empty(max(n, 1 << 18), dtype=np.int32)
+        return rgb2id(rgb, out=self._buffer(rgb, role)).view(np.uint32)
+
+    def words(self, path: str | Path, role: str = "gt") -> np.ndarray:
+        """``(H, W) uint32`` words whose low 24 bits are the ids of :meth:`read` (the high byte is left
+        as it comes: 255, the alpha, or 0): one pass less over the map where the ids are masked later."""
+        return self.words_of(_png_rgb(path), role)
+
+    def words_of(self, rgb: np.ndarray, role: str = "gt") -> np.ndarray:
+        """:meth:`words` of decoded pixels ``(H, W, 3|4) uint8``."""
+        buf = self._buffer(rgb, role)
+        h, w, c = rgb.shape
+        if c == 3 and cv2 is not None and buf is not None and h * w and rgb.flags.c_contiguous and sys.byteorder == "little":
+            # OpenCV widens RGB to RGBA (alpha 255) straight into the words' memory (SIMD)
+            cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA, dst=buf[: h * w].view(np.uint8).reshape(h, w, 4))
+            return buf[: h * w].view(np.uint32).reshape(h, w)
         return rgb2id(rgb, out=buf).view(np.uint32)
+
+    def _buffer(self, rgb: np.ndarray, role: str) -> np.ndarray | None:
+        n = rgb.shape[0] * rgb.shape[1]
+        if n > self.limit:
+            return None
+        buf = self.buffers.get(role)
+        if buf is None or buf.size < n:
+            buf = self.buffers[role] = np.empty(max(n, 1 << 18), dtype=np.int32)
+        return buf
 
 
 def load_panoptic_json(path: str | Path) -> dict:
@@ -432,19 +521,32 @@ def pq_compute(
 
     reader = PngIdReader()
     known = frozenset(cats)
+    gt_dir, pred_dir = os.fspath(gt_dir), os.fspath(pred_dir)
+    compiled = pq_kernel.available()
 
     def one(pair):
         g, p = pair
-        gpath = Path(gt_dir) / g["file_name"]
-        ppath = Path(pred_dir) / p["file_name"]
-        return pq_image(
-            reader.read(gpath, "gt"),
+        # str paths: two Path objects would cost about as much as reading the files
+        ppath = os.path.join(pred_dir, p["file_name"])
+        # each role its own decode scratch: both images stay in hand
+        gx, px = _png_rgb(os.path.join(gt_dir, g["file_name"]), "pq_gt"), _png_rgb(ppath, "pq_pred")
+        if gx.shape[:2] != px.shape[:2]:
+            raise DatasetError(ppath, f"prediction is {px.shape[:2]}, ground truth {gx.shape[:2]}")
+        if gx.shape[2] == px.shape[2] == 3 and compiled and gx.flags.c_contiguous and px.flags.c_contiguous:
+            form = "rgb"  # the compiled count reads the RGB bytes as they come
+        else:
+            # words: the ids' masking is left to the counting, which does it per run, not per pixel
+            gx, px, form = reader.words_of(gx, "gt"), reader.words_of(px, "pred"), "words"
+        return _image_stats(
+            gx.reshape(-1),
             SegmentTable.from_segments(g["segments_info"], with_area=True),
-            reader.read(ppath, "pred"),
+            px.reshape(-1),
             SegmentTable.from_segments(p["segments_info"]),
+            form=form,
             void=FILE_VOID,
+            negative_void=False,
             categories=known,
-            name=str(ppath),
+            name=ppath,
         )
 
     stat = PQStat()

@@ -41,9 +41,11 @@ from prn_data.progress import progress
 from prn_data.resize import ResizePolicy
 from prn_data.show import draw_sample
 from prn_data.store import open_store
+from prn_data.targets import TargetParams
 
 from .config import TrainConfig, load_config, override
-from .demo_options import COCO_SPLIT, DEMO_BASE, DEMO_MAX_SIZE, DEMO_MIN_SIZE, DemoOptions
+from .demo_options import (COCO_SPLIT, DEMO_BASE, DEMO_MAX_SIZE, DEMO_MIN_SIZE, DEMO_SIGMA, DEMO_SMALL_INSTANCE_AREA,
+                           DemoOptions)
 from .compare import compare_store, format_compare
 from .evaluate import default_postprocess_config, summary, validation
 from .checkpoint import latest_checkpoint
@@ -135,10 +137,11 @@ def _write_scenes(root: Path, split: str, num: int, *, opts: DemoOptions, consol
 
 
 def _build(dataset: str, split: str, *, base: str, out: Path, policy: ResizePolicy, opts: DemoOptions,
-           console: Console | None, limit: int | None = None, overwrite: bool = False) -> BuildResult:
+           console: Console | None, limit: int | None = None, overwrite: bool = False,
+           params: TargetParams | None = None) -> BuildResult:
     """``prn build`` in-process with a progress bar; failed samples are an error (the demo needs them all)."""
     cfg = BuildConfig(dataset=dataset, split=split, base=base, out=str(out), limit=limit, workers=opts.workers,
-                      scheduler=opts.scheduler, policy=policy, overwrite=overwrite)
+                      scheduler=opts.scheduler, policy=policy, overwrite=overwrite, params=params)
     with _progress(console) as bar:
         task = bar.add_task(f"build {out.name}", total=None, rate="") if bar is not None else None
 
@@ -152,6 +155,17 @@ def _build(dataset: str, split: str, *, base: str, out: Path, policy: ResizePoli
         raise PrnError(f"{out}: {len(result.failures)} sample(s) failed to build, e.g. {first['file']}: "
                        f"{first['error']}")
     return result
+
+
+def _other_params(store: Path, params: TargetParams) -> bool:
+    """True when ``store`` exists with target parameters other than ``params``."""
+    if not (store / "zarr.json").exists():
+        return False
+    try:
+        recorded = json.loads((store / "zarr.json").read_text())["attributes"]["target_params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not a store the demo made: the build's own checks name the problem
+    return recorded != params.to_json()
 
 
 def stale_run(run: Path, cfg: TrainConfig, data_changed: bool) -> str | None:
@@ -210,11 +224,14 @@ def run_demo(
         for split, num in splits:
             wrote[split] = _write_scenes(p["synthetic"], split, num, opts=opts, console=console)
             rep.say(f"{num} {split} scenes {'written to' if wrote[split] else 'already in'} {p['synthetic']}")
+        params = TargetParams(sigma=DEMO_SIGMA, small_instance_area=DEMO_SMALL_INSTANCE_AREA)
         for split, _ in splits:
             key = f"{split}_store"
-            # New scenes (other sizes or counts than a previous demo in this folder) make the store stale.
+            # New scenes (other sizes or counts than a previous demo in this folder), or a store made with
+            # other target parameters by an earlier version, make the store stale.
+            wrote[split] = wrote[split] or _other_params(p[key], params)
             r = _build(f"coco:{p['synthetic']}", split, base=opts.base, out=p[key], policy=ResizePolicy(short=0),
-                       opts=opts, console=console, overwrite=wrote[split])
+                       opts=opts, console=console, overwrite=wrote[split], params=params)
             rep.say(f"store {p[key]}: {r.built} built, {r.skipped} already done")
     notify("data", {k: str(p[k]) for k in ("train_store", "val_store", "test_store")})
 

@@ -21,16 +21,16 @@ from prn_data.targets import TargetParams, compute_targets
 KEEP = ResizePolicy(short=0)  # synthetic scenes at their small native size keep the tests fast
 
 
-def direct(dataset, base, i: int, policy: ResizePolicy) -> dict:
+def direct(dataset, base, i: int, policy: ResizePolicy, params: TargetParams = TargetParams()) -> dict:
     """What sample ``i`` must decode to, computed here without the build: resize, targets, base inputs."""
     raw = dataset.load(i)
     s = resize_sample(raw, policy)
-    t = compute_targets(s.panoptic, s.segments, TargetParams())
+    t = compute_targets(s.panoptic, s.segments, params)
     want = {"image": s.image.transpose(2, 0, 1), "size": s.size, "orig_size": tuple(raw.panoptic.shape),
             "image_id": s.image_id, "file_name": s.file_name,
             "gt/segments": [seg.to_json() for seg in s.segments]} | {f"gt/{k}": v for k, v in t.items()}
     if base is not None:
-        b = encode_base(base.predict([raw])[0], s.size, len(dataset.categories), TargetParams())
+        b = encode_base(base.predict([raw])[0], s.size, len(dataset.categories), params)
         want |= {"base/instance": b["instance"], "base/semantic": b["semantic"], "base/panoptic": b["panoptic"],
                  "base/segments": b["segments"]}
     return want
@@ -164,3 +164,29 @@ def test_resume_with_other_settings_is_refused(tmp_path, scenes):
     res = build(BuildConfig(**cfg, policy=ResizePolicy(short=200, max_long=300), overwrite=True))
     assert res.built == 2 and open_store(out).attrs["resize_policy"]["short"] == 200
     shutil.rmtree(out)
+
+
+def test_cli_target_parameters_are_recorded_and_used(tmp_path, scenes):
+    """``prn build --sigma --small-instance-area``: recorded in the store, the targets and the base inputs
+    computed with them; resuming with another sigma is refused; a bad value is a one-line error."""
+    from prn_data.testing import run_prn
+
+    out = tmp_path / "s.zarr"
+    args = [f"coco:{scenes}", "--split", "train", "--short", "0", "--limit", "2", "--workers", "1",
+            "--base", "simulated", "--out", out]
+    run_prn("build", *args, "--sigma", "2.5", "--small-instance-area", "100")
+    st = open_store(str(out))
+    assert st.attrs["target_params"]["sigma"] == 2.5 and st.attrs["target_params"]["small_instance_area"] == 100
+    assert st.attrs["target_params"]["patch_size"] == 19  # 2·(⌊3σ + ½⌋ + 1) + 1
+    params = TargetParams(sigma=2.5, small_instance_area=100)
+    ds = open_dataset(f"coco:{scenes}", "train")
+    for i in range(2):
+        assert_sample_equal(st.read_sample(i), direct(ds, open_base("simulated", ds.categories), i, KEEP, params))
+    # the default σ = 8 would have given wider Gaussians: the stored ones are not those
+    s0 = resize_sample(ds.load(0), KEEP)
+    assert compute_targets(s0.panoptic, s0.segments)["center"].sum() > st.read_sample(0)["gt/center"].sum()
+    again = run_prn("build", *args, "--sigma", "3", check=False)
+    assert again.returncode == 2 and "target_params" in again.stderr and "Traceback" not in again.stderr
+    bad = run_prn("build", *args, "--sigma", "0", "--overwrite", check=False)
+    assert bad.returncode == 2 and "sigma must be a positive number" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

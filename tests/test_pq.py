@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from prn_data import panoptic_io, pq
+from prn_data import panoptic_io, pq, pq_kernel
 from prn_data.errors import DatasetError
-from prn_data.panoptic_io import decode_png, read_rgb_ids, rgb2id
+from prn_data.panoptic_io import decode_png, id2rgb, read_rgb_ids, rgb2id
 from prn_data.pq import PngIdReader, SegmentTable, pq_compute, pq_from_arrays, pq_image, read_png_ids
 from prn_data.testing import perturb
 
@@ -217,6 +217,7 @@ def same_stats(a, b):
 @pytest.mark.parametrize("noisy", [False, True])
 def test_runs_count_like_pixels(monkeypatch, noisy):
     """Counting runs (with their lengths) gives the very counts and IoUs of counting every pixel."""
+    monkeypatch.setattr(pq_kernel, "ENABLED", False)  # the numpy path (the compiled one: below)
     rng = np.random.default_rng(7 + noisy)
     matched = 0
     for _ in range(20):
@@ -307,3 +308,83 @@ def test_reused_buffers_keep_each_image_right(coco_sample, tmp_path):
         np.testing.assert_array_equal(a, read_png_ids(png))
         np.testing.assert_array_equal(b, np.arange(12).reshape(3, 4) * 4099)
         assert not np.shares_memory(a, b)
+
+
+# --- the compiled count (numba: the fast extra) against the numpy path ------------------------------------
+
+
+def test_compiled_count_by_hand():
+    pytest.importorskip("numba")
+    g = np.array([5, 5, 0, 7, 7, -1], np.int64)
+    p = np.array([1, 2, 2, 9, 9, -3], np.int64)
+    # rows: VOID 0, id 5, not listed (7, -1); columns: VOID 0, ids 1 and 2, not listed (9, -3)
+    want = [[0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 0, 3]]
+    assert pq_kernel.count_pairs(g, [0, 5], p, [0, 1, 2]).tolist() == want
+    # negative predictions counted as VOID (column 0); -1 a ground-truth key; 0 listed twice: its last row
+    want = [[0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 2]]
+    assert pq_kernel.count_pairs(g, [0, 5, -1, 0], p, [0, 1, 2], p_negative=0).tolist() == want
+    # keys beyond the tables, an empty map, another dtype: left to the numpy path
+    assert pq_kernel.count_pairs(g, [0, 1 << 24], p, [0]) is None
+    assert pq_kernel.count_pairs(g[:0], [0], p[:0], [0]) is None
+    assert pq_kernel.count_pairs(g.astype(np.int16), [0], p.astype(np.int16), [0]) is None
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_compiled_count_equals_numpy(monkeypatch, noisy):
+    """The compiled kernel's counts are the numpy path's integers, for ids, in-memory VOID (−1, other
+    negatives, ids past 2²⁴) and PNG words whose 4th byte is anything; pq_image's stats are identical."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(21 + noisy)
+    for i in range(12):
+        g, gt, p, pr = random_pair(rng, 19, 29, noisy)
+        if i % 3 == 1:  # in memory: VOID -1, stray negatives and huge ids (not listed)
+            g, p = np.where(g == 0, -1, g), np.where(p == 0, -1, p)
+            g[0, :3] = [-5, 1 << 30, -1]
+            p[1, :3] = [-7, 1 << 25, -1]
+        gk, pk = np.r_[0, gt.ids], np.r_[0, pr.ids]
+        if i % 3 != 1:  # a key listed twice counts at its last place (where the numpy path uses its tables)
+            pk = np.r_[pk, pr.ids[:1]]
+        for neg in (None, 0):
+            want = pq._count_numpy(g.ravel(), p.ravel(), gk, pk, "ids", neg)
+            for dt in (np.int32, np.int64):
+                got = pq_kernel.count_pairs(g.ravel().astype(dt), gk, p.ravel().astype(dt), pk,
+                                            p_negative=-1 if neg is None else 0)
+                assert got is not None and got.dtype == np.int64
+                np.testing.assert_array_equal(got, want)
+        if i % 3 == 2:  # PNG words: any 4th byte
+            hi = rng.integers(0, 256, g.shape, dtype=np.uint32) << 24
+            gw, pw = (g.astype(np.uint32) | hi).ravel(), (p.astype(np.uint32) | hi[::-1]).ravel()
+            np.testing.assert_array_equal(pq_kernel.count_pairs(gw, gk, pw, pk, form="words"),
+                                          pq._count_numpy(g.ravel(), p.ravel(), gk, pk, "ids", None))
+            np.testing.assert_array_equal(pq._count_numpy(gw, pw, gk, pk, "words", None),
+                                          pq._count_numpy(g.ravel(), p.ravel(), gk, pk, "ids", None))
+            # RGB bytes, two pixels per read (odd and even pixel counts, down to one pixel); ids spread
+            # over all three bytes (an odd factor modulo 2**24 keeps them distinct, and VOID 0)
+            spread = (lambda a: (np.asarray(a, np.int64) * 2654435) % (1 << 24))
+            gs_, ps_, gks, pks = spread(g.ravel()), spread(p.ravel()), spread(gk), spread(pk)
+            for n in (g.size, g.size - 1, 2, 1):
+                gb, pb = id2rgb(gs_[:n]).ravel(), id2rgb(ps_[:n]).ravel()
+                np.testing.assert_array_equal(pq_kernel.count_pairs(gb, gks, pb, pks, form="rgb"),
+                                              pq._count_numpy(gs_[:n], ps_[:n], gks, pks, "ids", None))
+        void = -1 if i % 3 == 1 else 0
+        gs = SegmentTable(gt.ids, gt.category, gt.iscrowd)
+        p = np.where(p >= 1 << 24, -1, p)  # an unlisted prediction is an error (test_file_errors_name_the_file)
+        compiled = pq_image(g, gs, p, pr, void=void, negative_void=True)
+        with monkeypatch.context() as m:
+            m.setattr(pq_kernel, "ENABLED", False)
+            same_stats(compiled, pq_image(g, gs, p, pr, void=void, negative_void=True))
+
+
+def test_files_compiled_and_numpy_identical(coco_sample, tmp_path, monkeypatch):
+    """pq_compute's figures are the same floats with the compiled count or the numpy one, and with the
+    ids read as PNG words (4th byte left in) or masked."""
+    pytest.importorskip("numba")
+    gt_json = coco_sample / "annotations" / "panoptic_val2017.json"
+    gt_dir = coco_sample / "annotations" / "panoptic_val2017"
+    pred_json = perturb(json.loads(gt_json.read_text()), gt_dir, tmp_path, 4)
+    compiled = pq_compute(gt_json, gt_dir, pred_json, tmp_path / "pred", workers=1)
+    monkeypatch.setattr(pq_kernel, "ENABLED", False)
+    assert pq_compute(gt_json, gt_dir, pred_json, tmp_path / "pred", workers=2) == compiled
+    reader = PngIdReader()
+    for png in sorted(gt_dir.glob("*.png")):
+        np.testing.assert_array_equal(reader.words(png, "gt") & 0xFFFFFF, read_png_ids(png))

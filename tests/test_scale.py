@@ -1,5 +1,6 @@
 """What keeps a store's costs flat in its number of samples (README "At COCO scale"): opening reads the
-consolidated metadata only, that metadata does not grow with the sample count, and ``prn verify`` reads each
+consolidated metadata only, that metadata does not grow with the sample count, ``prn info`` reads no more
+than opening does (no listing: the build records each array's stored bytes), and ``prn verify`` reads each
 small-array chunk and shard index once, not once per sample. Structural checks (objects read, bytes), never
 timings; ``benchmarks/scale.py`` measures the times."""
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from prn_data.datasets.synthetic import synthetic_categories
+from prn_data.inspect import SIZES_ATTR, store_info
 from prn_data.store import SMALL_CHUNK, core, create_store, open_store
-from prn_data.testing import build_tiny_store
+from prn_data.testing import build_tiny_store, run_prn
 from prn_data.verify import verify_store
+from http_serving import Behaviour, serve
 
 COCO_TRAIN2017 = 118_287
 
@@ -84,3 +87,35 @@ def test_verify_reads_each_small_chunk_and_shard_index_once(tmp_path, gets):
     for p in st.map_paths:  # one shard: its index once (suffix read), then one range read per sample
         key = next(k for k in gets if k.startswith(f"{p}/c/"))
         assert gets[key] == 1 + 5, (p, gets[key])
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_info_over_http_reads_the_metadata_and_done_only(tmp_path):
+    url = build_tiny_store(tmp_path / "s.zarr", n=5, short=32, max_long=32)
+    seen = Behaviour()
+    with serve(tmp_path, ranges=True, behaviour=seen) as base:
+        remote = json.loads(run_prn("info", "--json", f"{base}/s.zarr").stdout)
+    # the root zarr.json (consolidated metadata) and the one done chunk: no listing, no per-array object
+    assert set(seen.paths) == {"/s.zarr/zarr.json", "/s.zarr/done/c/0"}, seen.paths
+    assert remote["summary"]["samples_done"] == 5
+    # the recorded sizes are what the files under each array's folder occupy
+    for row in remote["arrays"]:
+        assert row["stored_bytes"] == _dir_bytes(tmp_path / "s.zarr" / row["path"]), row["path"]
+    assert SIZES_ATTR not in remote["provenance"]
+
+
+def test_info_lists_the_objects_when_the_record_does_not_match(tmp_path):
+    url = build_tiny_store(tmp_path / "s.zarr", n=3, short=32, max_long=32)
+    st = open_store(url, mode="r+")
+    rec = st.attrs[SIZES_ATTR]
+    fake = {"samples_done": rec["samples_done"], "arrays": {p: 1 for p in rec["arrays"]}}
+    st.set_attrs(**{SIZES_ATTR: fake})
+    st.consolidate()
+    assert {r["stored_bytes"] for r in store_info(url)["arrays"]} == {1}  # a matching record is used as is
+    st.set_attrs(**{SIZES_ATTR: {**fake, "samples_done": 2}})  # made before the last samples were done
+    st.consolidate()
+    for row in store_info(url)["arrays"]:
+        assert row["stored_bytes"] == _dir_bytes(Path(url) / row["path"]), row["path"]
