@@ -49,7 +49,7 @@ prn() { $PY -c "from prn_model.cli import main; main()" "$@"; }
 
 if [ "$QUICK" = 1 ]; then
   step postprocess $PY benchmarks/postprocess.py --device "$DEVICE" --no-reference --repeat 2 --size 160 192 --centers 10
-  step loader $PY benchmarks/loader.py --batches 2 --fly-batches 1 --repeats 1 --workers 1 --integrity-repeats 0
+  step loader $PY benchmarks/loader.py --batches 2 --fly-batches 1 --repeats 1 --workers 1 --integrity-repeats 0 --heap-rounds 1
   step model $PY benchmarks/model.py --device "$DEVICE" --depths 18 --iters 1 --warmup 1 --no-compile --size 128 160 --bf16-batch 0
   DEMO_ARGS=(--train-images 16 --val-images 8 --test-images 8 --iters 20 --coco-limit 1)
 else

@@ -28,7 +28,10 @@ shared machine runs, and it is what bounds samples/s per worker. Then real ``Dat
 each batch, as a copy to a GPU would) for each ``--workers`` count: wall-clock samples/s and samples/s per
 worker by the workers' own CPU time (``/proc``), for the store (both decodes) and the on-the-fly way, and the
 same store path with every batch in fresh shared memory (``before``: torch's default, before reusable slabs,
-README "Parallelism") run alternately in the same process; with the ratios to the on-the-fly way. On a
+README "Parallelism") run alternately in the same process; with the ratios to the on-the-fly way. Then
+(``--heap-rounds``) the store path's workers with ``prn_data.heap``'s thresholds against workers that keep
+glibc's defaults (before ``prn_data.heap``), both spawned (the second with ``PRN_MALLOC=default``), rounds
+alternating. On a
 loaded machine the wall-clock figures are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
 (README "Performance").
 
@@ -145,7 +148,7 @@ def process_cpu(pids: list[int]) -> float:
     return total
 
 
-def measure(dataset, batch_size: int, workers: int, batches: int) -> tuple[float, float]:
+def measure(dataset, batch_size: int, workers: int, batches: int, mp_context: str = "forkserver") -> tuple[float, float]:
     """``(samples/s, CPU ms per sample of the workers)`` over ``batches`` batches after one untimed warm-up
     batch; the consumer touches every page of each batch, as a copy to a GPU would. With ``workers == 0`` the
     CPU figure is this process's (it does all the work); with workers it is theirs (what bounds samples/s per
@@ -153,7 +156,8 @@ def measure(dataset, batch_size: int, workers: int, batches: int) -> tuple[float
     from prn_model.data import make_loader
     from prn_model.sampler import TrainSampler
 
-    loader = make_loader(dataset, batch_size, TrainSampler(len(dataset), seed=0), num_workers=workers)
+    loader = make_loader(dataset, batch_size, TrainSampler(len(dataset), seed=0), num_workers=workers,
+                         mp_context=mp_context)
     it = iter(loader)
     next(it)
     pids = getattr(loader, "worker_pids", []) if workers else [os.getpid()]
@@ -179,6 +183,24 @@ def fresh_memory(dataset):
         yield
     finally:
         dataset.reuse_memory = True
+
+
+@contextlib.contextmanager
+def heap_default():
+    """Workers started in this block leave glibc's heap thresholds alone (the baseline of ``prn_data.heap``):
+    they are spawned (a spawned child takes this process's environment as it is now; a forkserver child takes
+    the server's) with ``PRN_MALLOC=default``."""
+    from prn_data.heap import MALLOC_ENV
+
+    before = os.environ.get(MALLOC_ENV)
+    os.environ[MALLOC_ENV] = "default"
+    try:
+        yield "spawn"
+    finally:
+        if before is None:
+            del os.environ[MALLOC_ENV]
+        else:
+            os.environ[MALLOC_ENV] = before
 
 
 @contextlib.contextmanager
@@ -261,6 +283,8 @@ def main() -> None:
     ap.add_argument("--store", help="an existing store to read instead of building the COCO sample")
     ap.add_argument("--integrity-repeats", type=int, default=15, help="interleaved runs of the read-check cost")
     ap.add_argument("--integrity-only", action="store_true", help="only the read-integrity cost")
+    ap.add_argument("--heap-rounds", type=int, default=2,
+                    help="rounds of workers with and without prn_data.heap's thresholds (0: skip)")
     args = ap.parse_args()
 
     import torch
@@ -307,6 +331,7 @@ def main() -> None:
         with fresh_memory(coded_ds):
             dv0_med, dv0_min = cpu_per_sample(coded_ds, args.batch_size, args.batches, args.repeats)
         batch = collate([coded_ds[k] for k in range(args.batch_size)])
+        decode_batch(batch, coded_ds.decode_spec)  # untimed: the first call's memory is fresh
         c0 = time.process_time()
         for _ in range(args.repeats):
             decode_batch(batch, coded_ds.decode_spec)
@@ -344,6 +369,21 @@ def main() -> None:
 
             print(f"{w:>7} {cell(s, s_cpu):>15} {cell(s0, s0_cpu):>15} {cell(d, d_cpu):>15} {cell(d0, d0_cpu):>15} "
                   f"{cell(f, f_cpu):>15}  ×{s / f:.1f} | ×{f_cpu / s_cpu:.1f}", flush=True)
+
+        # 3. the heap thresholds (prn_data.heap): spawned workers with and without, alternating
+        workers = [w for w in args.workers if w > 0]
+        if args.heap_rounds and workers:
+            print(f"\nheap thresholds, store decode: loader, spawned workers, {args.batches} batches of "
+                  f"{args.batch_size}, rounds alternating; samples/s wall clock | per worker by CPU time")
+            print(f"{'round':>5} {'workers':>7} {'prn_data.heap':>15} {'glibc default':>15}  ratio (wall | CPU)")
+            for r in range(args.heap_rounds):
+                for w in workers:
+                    t, t_cpu = measure(store_ds, args.batch_size, w, args.batches, mp_context="spawn")
+                    with heap_default() as ctx:
+                        h, h_cpu = measure(store_ds, args.batch_size, w, args.batches, mp_context=ctx)
+                    print(f"{r:>5} {w:>7} {t:6.1f} | {1000 / t_cpu:5.1f}  {h:6.1f} | {1000 / h_cpu:5.1f}   "
+                          f"×{t / h:.2f} | ×{h_cpu / t_cpu:.2f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

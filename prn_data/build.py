@@ -46,6 +46,7 @@ from .base import BaseNetwork, open_base
 from .base.encode import encode_base
 from .datasets import Dataset, open_dataset, open_described
 from .errors import DatasetError, PrnError, StoreError
+from .heap import retain_freed_blocks
 from .inspect import SIZES_ATTR, record_sizes
 from .location import is_zip_url, local_path, require_writable
 from .lock import build_lock
@@ -268,6 +269,7 @@ def _failure(dataset: Dataset, index: int, exc: BaseException) -> dict:
 
 def _context(job: ShardJob) -> tuple[Dataset, BaseNetwork | None, Store]:
     bound_zarr_concurrency()
+    retain_freed_blocks()  # every Dask worker process: a sample's large arrays reuse freed heap (heap.py)
     dataset = _cached(job.token, "dataset", lambda: open_described(job.dataset))
     base = _cached(job.token, "base", lambda: open_base(job.base, dataset.categories))
     store = _cached(job.token, "store", lambda: open_store(job.store, mode="r+"))

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from prn_data.errors import StoreError
+from prn_data.heap import retain_freed_blocks
 from prn_data.store import DamagedSample, Store, open_store
 
 from .augment import AugmentConfig, augment, gridmask, hflip
@@ -317,8 +318,13 @@ def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None 
     (``forkserver`` by default, ``None`` for the platform default) and collate inside the worker.
 
     A :class:`StoreDataset` (or a ``Subset`` of one) gets whole batches of keys (``ds[[k, …]]``), so its
-    workers decode straight into the batch tensors; the batches are the same as with per-sample reads."""
+    workers decode straight into the batch tensors; the batches are the same as with per-sample reads.
+
+    Every process that reads (the workers, or this one with ``num_workers=0``) keeps its freed large blocks
+    for the next read (:func:`prn_data.heap.retain_freed_blocks`)."""
     kwargs: dict[str, Any] = {}
+    if num_workers == 0:
+        retain_freed_blocks()
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
         # workers never outlive this process, and run torch at worker_threads intra-op threads each

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from prn_data.errors import PrnError
+from prn_data.heap import retain_freed_blocks
 
 
 T = TypeVar("T")
@@ -73,8 +74,8 @@ class ExitWithProcess:
 class LoaderWorkerInit(ExitWithProcess):
     """The ``worker_init_fn`` of :func:`prn_model.data.make_loader` (picklable): the worker runs torch at
     ``threads`` intra-op threads (README "Parallelism": the loader's parallelism is its worker processes,
-    one thread each by default, not threads inside them) and exits with process ``pid``
-    (:class:`ExitWithProcess`)."""
+    one thread each by default, not threads inside them), keeps its freed large blocks for the next read
+    (:func:`prn_data.heap.retain_freed_blocks`) and exits with process ``pid`` (:class:`ExitWithProcess`)."""
 
     def __init__(self, pid: int, threads: int = 1):
         super().__init__(pid)
@@ -82,6 +83,7 @@ class LoaderWorkerInit(ExitWithProcess):
 
     def __call__(self, worker_id: int) -> None:
         torch.set_num_threads(self.threads)
+        retain_freed_blocks()
         super().__call__(worker_id)
 
 

@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from prn_data import heap
 from prn_data.testing import build_tiny_store, run_prn
 from prn_model.augment import AugmentConfig, GridMaskConfig
 from prn_model.batch import collate, decode_batch
@@ -32,7 +33,8 @@ class Reporting(StoreDataset):
 
     def __getitem__(self, key):
         b = super().__getitem__(key)
-        info = {"_threads": torch.get_num_threads(), "_reused": pool().reused, "_pid": os.getpid()}
+        info = {"_threads": torch.get_num_threads(), "_reused": pool().reused, "_pid": os.getpid(),
+                "_heap": heap._state}
         (b.extra if isinstance(b, SlabBatch) else b).update(info)
         return b
 
@@ -104,6 +106,13 @@ def test_loader_workers_run_at_the_configured_threads(store_url):
     ds = Reporting(store_url)
     assert {b["_threads"] for b in _batches(ds, 1, 2)} == {1}  # the default
     assert {b["_threads"] for b in _batches(ds, 1, 2, worker_threads=2)} == {2}
+
+
+@pytest.mark.skipif(not heap.is_glibc(), reason="the heap thresholds are glibc's")
+def test_loader_workers_keep_freed_blocks(store_url):
+    # a fresh worker process has set glibc's thresholds before its first read (prn_data/heap.py)
+    ds = Reporting(store_url, CFG)
+    assert {b["_heap"] for b in _batches(ds, 1, 2)} == {True}
 
 
 def test_threads_setting(monkeypatch):
