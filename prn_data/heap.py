@@ -9,9 +9,12 @@ worker then spends ~30 ms of CPU per COCO sample where a warmed-up process spend
 (``benchmarks/loader.py``). :func:`retain_freed_blocks` fixes both thresholds up front.
 
 The cost: a process keeps up to ``trim_mb`` of freed heap mapped (not returned to the kernel) between
-reads. Set ``PRN_MALLOC=default`` to leave the C library's defaults, or glibc's own
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` variables, which then win (README "Parallelism").
-Other C libraries (macOS, musl) are left alone.
+reads. ``PRN_MALLOC=default`` leaves the C library's settings alone (README "Parallelism"). glibc's own
+``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` variables do not: Dask's nanny writes
+``MALLOC_TRIM_THRESHOLD_=65536`` into the environment of any process that starts a process cluster (a
+``prn build`` with worker processes, then the demo's training in the same process), and loader workers
+would inherit it — trimming every freed block is the opposite of what a reader needs. Other C libraries
+(macOS, musl) are left alone.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ _state: bool | None = None
 def retain_freed_blocks(mmap_mb: int = 32, trim_mb: int = 128) -> bool:
     """Serve blocks up to ``mmap_mb`` MiB from the heap and keep up to ``trim_mb`` MiB of freed heap for
     reuse, in this process (the first call decides; later ones return its answer). ``mmap_mb`` is at most 32
-    (glibc's ceiling on 64-bit). Returns True when the thresholds are set; False on another C library, when
-    ``$PRN_MALLOC`` is ``default``, or when glibc's own variables are set."""
+    (glibc's ceiling on 64-bit). Returns True when the thresholds are set; False on another C library or
+    when ``$PRN_MALLOC`` is ``default``."""
     global _state
     if _state is None:
         _state = _set(mmap_mb, trim_mb)
@@ -57,8 +60,6 @@ def _glibc() -> ctypes.CDLL | None:
 
 def _set(mmap_mb: int, trim_mb: int) -> bool:
     if os.environ.get(MALLOC_ENV, "").strip().lower() == "default":
-        return False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     libc = _glibc()
     if libc is None:
