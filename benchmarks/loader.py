@@ -31,8 +31,7 @@ same store path with every batch in fresh shared memory (``before``: torch's def
 README "Parallelism") run alternately in the same process; with the ratios to the on-the-fly way. Then
 (``--heap-rounds``) the store path's workers with ``prn_data.heap``'s thresholds against workers that keep
 glibc's defaults (before ``prn_data.heap``), both spawned (the second with ``PRN_MALLOC=default``), rounds
-alternating. On a
-loaded machine the wall-clock figures are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
+alternating. On a loaded machine the wall-clock figures are noisy. Goals: ≥ 5× the on-the-fly way, ≥ 30 samples/s per worker
 (README "Performance").
 
 **Read-integrity cost** (README "Sharing stores"): the same store read with the per-read checks (each
@@ -51,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -192,15 +192,8 @@ def heap_default():
     the server's) with ``PRN_MALLOC=default``."""
     from prn_data.heap import MALLOC_ENV
 
-    before = os.environ.get(MALLOC_ENV)
-    os.environ[MALLOC_ENV] = "default"
-    try:
+    with mock.patch.dict(os.environ, {MALLOC_ENV: "default"}):
         yield "spawn"
-    finally:
-        if before is None:
-            del os.environ[MALLOC_ENV]
-        else:
-            os.environ[MALLOC_ENV] = before
 
 
 @contextlib.contextmanager

@@ -325,7 +325,7 @@ def make_loader(dataset: StoreDataset, batch_size: int, sampler: Sampler | None 
     kwargs: dict[str, Any] = {}
     if num_workers == 0:
         retain_freed_blocks()
-    if num_workers > 0:
+    else:
         kwargs["prefetch_factor"] = prefetch_factor
         # workers never outlive this process, and run torch at worker_threads intra-op threads each
         kwargs["worker_init_fn"] = LoaderWorkerInit(os.getpid(), worker_threads)
